@@ -39,7 +39,12 @@ class Mixing:
     res_logits: Tensor | None = None  # (B, T, n, n) pre-normalisation H_res logits, if any
 
     def detach(self) -> "Mixing":
-        return Mixing(*(None if t is None else t.detach() for t in (self.h_pre, self.h_post, self.h_res, self.res_logits)))
+        """A copy cut from autograd that owns its memory.
+
+        A copy, not a view: static coefficients can be views of parameters, and under FSDP a
+        block's unsharded parameters are freed right after its forward.
+        """
+        return Mixing(*(None if t is None else t.detach().clone() for t in (self.h_pre, self.h_post, self.h_res, self.res_logits)))
 
     def dense(self, n: int, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(h_pre, h_post, h_res) as tensors, filling fixed ones with their defaults."""

@@ -109,7 +109,7 @@ class HCResidual(StreamResidual):
         for name in self.learned:
             self.register_parameter(f"bias_{name}", nn.Parameter(init[name]))
             if self.dynamic:
-                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.tensor(float(cfg.alpha_init))))
+                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(cfg.alpha_init))))  # 1-D: FSDP shards no 0-d tensors
                 self.register_parameter(f"theta_{name}", nn.Parameter(torch.zeros(C, theta_out[name])))
 
     def coefficients(self, x: Tensor) -> Mixing:

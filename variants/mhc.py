@@ -69,7 +69,7 @@ class MHCResidual(StreamResidual):
         for name in self.learned:
             self.register_parameter(f"bias_{name}", nn.Parameter(init[name].float()))
             if self.dynamic:
-                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.tensor(float(cfg.alpha_init))))
+                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(cfg.alpha_init))))  # 1-D: FSDP shards no 0-d tensors
         if self.dynamic and self.learned:
             fan_in, width = n * d_model, sum(self.widths[name] for name in self.learned)
             self.phi = nn.Parameter(torch.randn(fan_in, width) / math.sqrt(fan_in))
