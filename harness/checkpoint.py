@@ -20,13 +20,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("format_version", "step", "tokens", "model", "optimizer", "rng_cpu", "config")
 
 
-def save_checkpoint(path: Path, *, step: int, tokens: int, model, optimizer, config: dict) -> None:
+def save_checkpoint(path: Path, *, step: int, tokens: int, model_state: dict, optimizer_state: dict, config: dict) -> None:
+    """Write the state dicts (whole, not sharded: see harness/fsdp.py) with the RNG states."""
     state = {
         "format_version": FORMAT_VERSION,
         "step": step,
         "tokens": tokens,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "model": model_state,
+        "optimizer": optimizer_state,
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "config": config,

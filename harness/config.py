@@ -100,6 +100,8 @@ class TrainConfig:
     threads: int = doc("CPU threads for torch (0 = torch's default)", 0)
     diag_every: int = doc("record mixing-matrix diagnostics every N steps into diagnostics.parquet (0 = only at the end)", 20)
     stop_after: int = doc("stop cleanly after this step as if pre-empted, leaving a resumable checkpoint (0 = off)", 0)
+    parallel: str = doc("with several processes: 'ddp' replicates the model on every GPU; 'fsdp' shards parameters, "
+                        "gradients and optimiser state (FSDP2) for models that outgrow one GPU", "ddp", choices=("ddp", "fsdp"))
 
 
 @dataclass
@@ -176,7 +178,7 @@ class Config:
         d = self.to_dict()
         d.pop("run")
         d.pop("preset")
-        for k in ("progress", "threads", "stop_after"):
+        for k in ("progress", "threads", "stop_after", "parallel"):  # how a run is executed, not what it computes
             d["train"].pop(k, None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]

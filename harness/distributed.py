@@ -13,6 +13,10 @@ distinct data, their union is exactly the single-process batch, and a resumed ru
 data-loader state. DDP averages the ranks' gradients, so with each rank dividing its loss by
 its own number of micro-batches the update equals the single-process one (up to the order of
 floating-point sums). Rank 0 alone writes the run folder (status, metrics, checkpoints).
+
+With `train.parallel=fsdp` the model is sharded instead of replicated (harness/fsdp.py): the
+same micro-batch split, gradients reduce-scattered rather than all-reduced, and checkpoints
+gathered to rank 0 in the single-process format.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    parallel: str = "ddp"  # train.parallel: ddp (replicate) or fsdp (shard); only with world > 1
     owns_group: bool = field(default=False, repr=False)
 
     @property
@@ -46,6 +51,11 @@ class Dist:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters, gradients and optimiser state split over the ranks (FSDP)."""
+        return self.enabled and self.parallel == "fsdp"
 
     # ------------------------------------------------------------------ the step
     def micro_batches(self, grad_accum: int) -> range:
@@ -57,9 +67,20 @@ class Dist:
             )
         return range(self.rank, grad_accum, self.world)
 
+    def place(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Put a freshly built model on this rank: sharded under FSDP, else moved to the device.
+
+        Call before building the optimiser: FSDP replaces the Parameter objects.
+        """
+        if self.sharded:
+            from harness import fsdp
+
+            return fsdp.shard(model, self.device, self.world)
+        return model.to(self.device)
+
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """DistributedDataParallel across the ranks; the model itself in a single process."""
-        if not self.enabled:
+        """DistributedDataParallel across the ranks; the model itself in one process or under FSDP."""
+        if not self.enabled or self.sharded:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
@@ -67,8 +88,57 @@ class Dist:
         return DistributedDataParallel(model, device_ids=ids)
 
     def no_sync(self, model: torch.nn.Module, last: bool):
-        """Skip the gradient all-reduce on all but the last micro-batch of a step."""
-        return model.no_sync() if self.enabled and not last else contextlib.nullcontext()
+        """DDP: skip the gradient all-reduce on all but the last micro-batch of a step.
+
+        FSDP reduce-scatters after every micro-batch: accumulating unsharded gradients would
+        hold a whole gradient per rank, which is what sharding is there to avoid.
+        """
+        return model.no_sync() if self.enabled and not self.sharded and not last else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ state
+    def full_state(self, model: torch.nn.Module, optimizer) -> tuple[dict | None, dict | None]:
+        """(model, optimiser) state dicts on rank 0, single-process format; (None, None) elsewhere.
+
+        Under FSDP a collective that gathers the shards, so every rank must call it.
+        """
+        if self.sharded:
+            from harness import fsdp
+
+            return fsdp.full_state(model, optimizer)
+        return (model.state_dict(), optimizer.state_dict()) if self.is_main else (None, None)
+
+    def load_state(self, model: torch.nn.Module, optimizer, model_state: dict, optim_state: dict) -> None:
+        """Load a checkpoint written by any run of the same config (one process, DDP or FSDP)."""
+        if self.sharded:
+            from harness import fsdp
+
+            return fsdp.load_full_state(model, optimizer, model_state, optim_state)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+
+    @torch.no_grad()
+    def grad_norms(self, groups: dict[str, list]) -> dict[str, float]:
+        """L2 norm of the whole gradient of each named parameter list, one reduction for all.
+
+        Under FSDP each rank holds a shard of every gradient: shard norms are combined as
+        sqrt(sum over ranks of squares). Lists without a gradient get no entry.
+        """
+        from harness.fsdp import local
+
+        names, norms = [], []
+        for name, params in groups.items():
+            grads = [local(p.grad).detach().float().norm() for p in params if p.grad is not None]
+            if grads:
+                names.append(name)
+                norms.append(torch.linalg.vector_norm(torch.stack(grads)))
+        if not norms:
+            return {}
+        norms = torch.stack(norms)
+        if self.sharded:
+            norms = norms.square()
+            torch.distributed.all_reduce(norms)
+            norms = norms.sqrt()
+        return dict(zip(names, norms.tolist()))
 
     # ------------------------------------------------------------------ agreement
     def _reduce(self, value: float, op) -> float:
@@ -106,11 +176,11 @@ class Dist:
         self.owns_group = False
 
 
-def setup(device: torch.device) -> Dist:
+def setup(device: torch.device, parallel: str = "ddp") -> Dist:
     """Join the job's process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(device)
+        return Dist(device, parallel=parallel)
     missing = [v for v in ENV_VARS if v not in os.environ]
     if missing:
         raise UserError(f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch through `mhc-bench grid submit` or torchrun")
@@ -124,4 +194,4 @@ def setup(device: torch.device) -> Dist:
             backend="nccl" if device.type == "cuda" else "gloo",
             rank=rank, world_size=world, timeout=datetime.timedelta(minutes=10),
         )
-    return Dist(device, rank, world, local_rank, owns)
+    return Dist(device, rank, world, local_rank, parallel, owns)

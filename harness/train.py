@@ -25,6 +25,7 @@ from harness.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from harness.config import Config, from_dict
 from harness.diagnostics import DIAGNOSTICS_NAME, diagnostics_rows
 from harness.errors import UserError
+from harness.fsdp import full
 from harness.rundir import MetricsLog, RunDir, environment
 from harness.atomic import write_json
 
@@ -109,18 +110,6 @@ def check_same_config(saved: dict, cfg: Config, where: Path) -> None:
 
 
 @torch.no_grad()
-def group_grad_norms(groups: dict[str, list]) -> dict[str, float]:
-    """L2 norm of the gradient of each parameter group (before clipping), one sync for all."""
-    names, norms = [], []
-    for name, params in groups.items():
-        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
-        if grads:
-            names.append(f"grad_norm_{name}")
-            norms.append(torch.linalg.vector_norm(torch.stack(grads)))
-    return dict(zip(names, torch.stack(norms).tolist())) if norms else {}
-
-
-@torch.no_grad()
 def evaluate(model, batches, cfg: Config, device, autocast) -> float:
     model.eval()
     losses = []
@@ -144,7 +133,7 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
 
     cfg.validate()
     build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)  # option errors before any file is written
-    dist = distributed.setup(resolve_device(cfg.train.device))  # a no-op unless launched with WORLD_SIZE > 1
+    dist = distributed.setup(resolve_device(cfg.train.device), cfg.train.parallel)  # a no-op unless WORLD_SIZE > 1
     try:
         return _train_run(cfg, resume, dist, on_validation)
     finally:
@@ -191,20 +180,20 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
     torch.manual_seed(t.seed)
 
     batches = Batches(data, cfg.model.seq_len, t.batch_size, t.seed)
-    model = build_model(cfg, data.tokenizer.vocab_size).to(device)
-    optimizer = make_optimizer(model, cfg)
+    model = dist.place(build_model(cfg, data.tokenizer.vocab_size))  # on the device, or sharded over the ranks (FSDP)
+    optimizer = make_optimizer(model, cfg)  # after sharding: it must hold the sharded parameters
     role_groups = model.parameter_groups()
     step, tokens = 0, 0
     if resume:
-        state = load_checkpoint(run.checkpoint, map_location=device)
+        state = load_checkpoint(run.checkpoint, map_location="cpu" if dist.sharded else device)
         check_same_config(state["config"], cfg, run.path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        dist.load_state(model, optimizer, state["model"], state["optimizer"])
         restore_rng(state)
         step, tokens = state["step"], state["tokens"]
     if dist.is_main:
         write_json(run.path / "config.json", cfg.to_dict())
         write_json(run.path / "env.json", environment(device) | {"vocab_size": model.vocab_size, "world_size": dist.world,
+                                                                 "parallel": dist.parallel if dist.enabled else "none",
                                                                  "n_params": sum(p.numel() for p in model.parameters())})
     metrics = MetricsLog(run.metrics_path, keep_until_step=step if resume else None)
     diagnostics = MetricsLog(run.path / DIAGNOSTICS_NAME, keep_until_step=step if resume else None)
@@ -213,15 +202,18 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
     train_model = dist.wrap(step_model)  # DDP across the job's processes; step_model itself in one process
     micros = dist.micro_batches(t.grad_accum)  # this rank's share of every step's micro-batches
     run.log(f"{'resuming' if resume else 'training'} {run.path.name} at step {step}/{t.steps}: {cfg.variant.name} "
-            f"n={model.variant.n_streams}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {device}")
+            f"n={model.variant.n_streams}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {device}"
+            + (f" x {dist.world} processes ({dist.parallel})" if dist.enabled else ""))
     run.write_status("running", step=step, steps=t.steps)
 
     def checkpoint():
+        model_state, optim_state = dist.full_state(model, optimizer)  # gathers the shards under FSDP
         if not dist.is_main:
             return
         metrics.flush()  # tables first: rows past the checkpoint step are dropped on resume
         diagnostics.flush()
-        save_checkpoint(run.checkpoint, step=step, tokens=tokens, model=model, optimizer=optimizer, config=cfg.to_dict())
+        save_checkpoint(run.checkpoint, step=step, tokens=tokens, model_state=model_state,
+                        optimizer_state=optim_state, config=cfg.to_dict())
 
     def validate():
         val = evaluate(step_model, batches, cfg, device, autocast)
@@ -260,8 +252,8 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
             run.write_status("diverged", step=step + 1, steps=t.steps, error=f"loss became {train_loss} at step {step + 1}")
             run.log(f"diverged: loss became {train_loss} at step {step + 1}; last good checkpoint kept")
             return RunResult("diverged", run.path, step + 1, train_loss, None)
-        group_norms = group_grad_norms(role_groups)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")).item()
+        group_norms = {f"grad_norm_{k}": v for k, v in dist.grad_norms(role_groups).items()}  # before clipping
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))).item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":

@@ -204,7 +204,7 @@ def test_diagnose_run_writes_and_merges_parquet(tmp_path, monkeypatch):
     old.to_parquet(tmp_path / "diagnostics.parquet", index=False)  # as if recorded during training
     with torch.no_grad():
         model.blocks[0].mlp_res.bias_res.add_(1.0)  # the checkpoint differs from the model at step 3
-    save_checkpoint(tmp_path / "checkpoint.pt", step=5, tokens=0, model=model, optimizer=opt, config=cfg.to_dict())
+    save_checkpoint(tmp_path / "checkpoint.pt", step=5, tokens=0, model_state=model.state_dict(), optimizer_state=opt.state_dict(), config=cfg.to_dict())
 
     df = diagnose_run(tmp_path)
     assert (df.step == 5).all() and len(df) > 0

@@ -203,10 +203,11 @@ def test_requeued_run_resumes_to_the_uninterrupted_runs_exact_loss(cluster, tmp_
     assert json.loads((run.path / "status.json").read_text())["val_loss"] == clean.val_loss
 
 
-def test_two_task_job_trains_with_ddp_and_matches_a_single_process_run(cluster, tmp_path, data_cache):
-
-    body = """
-        name = "ddp"
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_task_job_trains_data_parallel_and_matches_a_single_process_run(cluster, tmp_path, data_cache, parallel):
+    """DDP replicates, FSDP shards (tests/test_fsdp.py has its checkpoint and resume checks)."""
+    body = f"""
+        name = "{parallel}"
         preset = "tiny"
         [base]
         variant.name = "mhc"
@@ -216,6 +217,7 @@ def test_two_task_job_trains_with_ddp_and_matches_a_single_process_run(cluster, 
         train.eval_every = 3
         train.threads = 1
         train.diag_every = 0
+        train.parallel = "{parallel}"
         [slurm]
         time = 10
         cpus_per_task = 1
@@ -223,7 +225,7 @@ def test_two_task_job_trains_with_ddp_and_matches_a_single_process_run(cluster, 
     code, out, run = submit_one(tmp_path, body, data_cache, "--cluster", "slurm", "--tasks-per-node", "2", "--wait")
     assert code == 0 and "finished: 1 done" in out, out
     env = json.loads((run.path / "env.json").read_text())
-    assert env["world_size"] == 2 and env["SLURM_JOB_ID"]
+    assert env["world_size"] == 2 and env["parallel"] == parallel and env["SLURM_JOB_ID"]
     logs = sorted(p.name for p in (run.path.parent / "logs").rglob("*_log.out"))
     assert any("_0_log" in n for n in logs) and any("_1_log" in n for n in logs)  # two tasks ran
     single = train_reference(tmp_path, body, data_cache, "one")
