@@ -15,7 +15,8 @@ import torch
 from harness.atomic import atomic_path
 from harness.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mixing α are 1-element vectors (were 0-d scalars; FSDP shards no 0-d tensors)
+READABLE_VERSIONS = (1, 2)
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("format_version", "step", "tokens", "model", "optimizer", "rng_cpu", "config")
 
@@ -50,8 +51,28 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
         raise UserError(f"checkpoint {path} is not an mhc-bench checkpoint (missing {', '.join(missing)})")
-    if state["format_version"] != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format {state['format_version']}, this version reads {FORMAT_VERSION}")
+    if state["format_version"] not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise UserError(f"checkpoint {path} has format {state['format_version']}, this version reads {readable}")
+    return _upgrade(state)
+
+
+def _upgrade(state: dict) -> dict:
+    """Bring an older checkpoint to the current format, so earlier runs still evaluate and resume.
+
+    1 -> 2: the mixing scales `alpha_{pre,post,res}` became shape (1,). Their AdamW moments were
+    the only 0-d moment tensors (every other parameter is at least 1-D), so those follow.
+    """
+    if state["format_version"] == 1:
+        model = state["model"]
+        for key, t in model.items():
+            if key.rsplit(".", 1)[-1].startswith("alpha_") and t.dim() == 0:
+                model[key] = t.reshape(1)
+        for moments in state["optimizer"].get("state", {}).values():
+            for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                if key in moments and moments[key].dim() == 0:
+                    moments[key] = moments[key].reshape(1)
+        state["format_version"] = 2
     return state
 
 

@@ -108,3 +108,30 @@ def test_lr_schedule_step_decay(tiny_cfg):
     assert lrs[79] == 1.0 and lrs[80] == pytest.approx(0.316) and lrs[90] == pytest.approx(0.1)
     cfg = tiny_cfg("train.steps=100", "optim.warmup_steps=0", "optim.schedule=cosine", "optim.min_lr_ratio=0.1", "optim.lr=1.0")
     assert lr_at(0, cfg) == pytest.approx(1.0) and lr_at(99, cfg) == pytest.approx(0.1, abs=1e-3)
+
+
+def test_checkpoint_of_format_1_with_scalar_alphas_still_resumes_exactly(tiny_cfg):
+    """Runs saved before α became a 1-element vector (format 1, 0-d α and moments) keep working."""
+    from harness.checkpoint import load_checkpoint
+    from harness.eval.loading import load_run
+
+    opts = ("variant.name=mhc", "train.steps=10", "train.checkpoint_every=5")
+    full = train(tiny_cfg(*opts, "run.name=full"))
+    part = train(tiny_cfg(*opts, "train.stop_after=5", "run.name=part"))
+    state = load_checkpoint(part.run_dir / "checkpoint.pt")
+    alphas = [k for k in state["model"] if k.rsplit(".", 1)[-1].startswith("alpha_")]
+    assert alphas and all(state["model"][k].shape == (1,) for k in alphas)
+    state["model"] = {k: v.reshape(()) if k in alphas else v for k, v in state["model"].items()}
+    squeezed = 0
+    for moments in state["optimizer"]["state"].values():
+        if moments["exp_avg"].shape == (1,):
+            moments["exp_avg"], moments["exp_avg_sq"] = moments["exp_avg"].reshape(()), moments["exp_avg_sq"].reshape(())
+            squeezed += 1
+    assert squeezed == len(alphas)
+    torch.save(state | {"format_version": 1}, part.run_dir / "checkpoint.pt")
+
+    assert load_run(part.run_dir, device="cpu").model(torch.zeros(1, 4, dtype=torch.long))[0].isfinite().all()
+    resumed = train(tiny_cfg(*opts, "run.name=part"), resume=True)
+    (a, _), (b, _) = train_losses(full.run_dir), train_losses(resumed.run_dir)
+    assert resumed.status == "done" and (a.values == b.values).all()
+    assert load_checkpoint(resumed.run_dir / "checkpoint.pt")["format_version"] == 2
