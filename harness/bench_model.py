@@ -17,6 +17,14 @@ post + residual merge, and reading x again for the coefficients), plus the coeff
 step is 3 x (extra bytes / copy bandwidth + extra flops / matmul rate); divided by the measured
 identity step it gives the predicted overhead. It is a floor for fused kernels; unfused
 PyTorch reads and writes intermediate tensors many more times.
+
+Peers (`--peers`, default all known: variants/peers.py) are extra cases: lucidrains'
+`hyper-connections` HC and mHC inside the same GPT, matched to our hc/mhc config (n streams,
+Sinkhorn rounds), timed in the same interleaved rounds under the same backend label (torch =
+eager, compile = torch.compile; they have no Triton path), so their overhead is against the
+same identity step as ours. A case that cannot run (package missing, the peer's API drifted, an
+option it lacks, out of memory) gets one row with metric 'skipped' and the reason in `note`,
+as in kernels/bench.py, so the table says what was not measured instead of failing.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from dataclasses import dataclass
 import torch
 
 from harness.config import Config, apply_overrides
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
+from variants.peers import DEFAULT_N_STREAMS, PACKAGE, PEERS, PeerUnavailable, build_peer, package_version
 
 DEFAULT_VARIANTS = ("identity", "hc", "mhc", "mhc-lite")
 
@@ -44,6 +53,11 @@ class Case:
     d_model: int
     n_streams: int
     cfg: Config
+    skip: str = ""  # known before building: why this case cannot run
+
+    @property
+    def is_peer(self) -> bool:
+        return self.variant in PEERS
 
 
 # ---------------------------------------------------------------------- ceilings
@@ -99,25 +113,54 @@ def predicted_overhead(cfg: Config, n: int, identity_step_s: float, ceilings: di
 
 
 # ---------------------------------------------------------------------- cases
-def build_cases(presets, variants, backends, widths, streams, overrides) -> list[Case]:
+def case_config(preset: str, variant: str, n: int, backend: str, d_model: int | None, overrides) -> Config:
+    """The preset with the overrides, then this case's variant, streams, backend and width."""
     from harness.presets import get_preset
 
+    cfg = get_preset(preset)
+    apply_overrides(cfg, overrides)
+    cfg.variant.name, cfg.variant.n_streams = variant, n if variant != "identity" else 0
+    cfg.variant.backend = "torch" if backend == "compile" else backend
+    cfg.train.compile = backend == "compile"
+    if d_model:
+        cfg.model.d_model = d_model
+    cfg.validate()
+    return cfg
+
+
+def build_cases(presets, variants, backends, widths, streams, overrides, peers=()) -> list[Case]:
+    """Our variants, then each peer (configured as its counterpart: hc or mhc), per preset and width."""
     cases = []
     for preset in presets:
         for d_model in widths or [None]:
             for variant in variants:
                 for n in (streams or [0]) if variant != "identity" else [1]:
                     for backend in backends:
-                        cfg = get_preset(preset)
-                        apply_overrides(cfg, overrides)
-                        cfg.variant.name, cfg.variant.n_streams = variant, n if variant != "identity" else 0
-                        cfg.variant.backend = "torch" if backend == "compile" else backend
-                        cfg.train.compile = backend == "compile"
-                        if d_model:
-                            cfg.model.d_model = d_model
-                        cfg.validate()
+                        cfg = case_config(preset, variant, n, backend, d_model, overrides)
                         cases.append(Case(preset, variant, backend, cfg.model.d_model, n, cfg))
+            for peer in peers:
+                for n in streams or [0]:
+                    for backend in backends:
+                        triton = backend == "triton"
+                        cfg = case_config(preset, PEERS[peer].counterpart, n, "torch" if triton else backend, d_model, overrides)
+                        skip = "no Triton path in the peer package: it is timed under torch and compile" if triton else ""
+                        cases.append(Case(preset, peer, backend, cfg.model.d_model, n, cfg, skip))
     return cases
+
+
+def parse_peers(text: str) -> list[str]:
+    """--peers: all (every known peer), none, or comma-separated names from PEERS."""
+    text = text.strip()
+    if text == "all":
+        return list(PEERS)
+    if text in ("none", ""):
+        return []
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    for name in names:
+        if name not in PEERS:
+            raise UserError(f"unknown peer {name!r} in --peers{did_you_mean(name, PEERS)}; "
+                            f"choose all, none or from {', '.join(PEERS)}")
+    return names
 
 
 class Stepper:
@@ -129,7 +172,13 @@ class Stepper:
 
         cfg = case.cfg
         torch.manual_seed(0)
-        self.model = build_model(cfg, vocab).to(device)
+        if case.is_peer:
+            from harness.model import GPT, padded_vocab
+
+            variant = build_peer(case.variant, cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
+            self.model, self.note = GPT(cfg.model, variant, padded_vocab(cfg, vocab)).to(device), variant.note()
+        else:
+            self.model, self.note = build_model(cfg, vocab).to(device), ""
         self.n_streams = self.model.variant.n_streams
         self.n_params = sum(p.numel() for p in self.model.parameters())
         # the embedding lookup costs no flops, but a tied embedding is also the output head, which does
@@ -151,6 +200,21 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
 
 
+def skip_reason(case: Case, e: Exception) -> str | None:
+    """Why a case failed, if that failure is one to record rather than raise; None = a real error.
+
+    Our variants raise UserError for options they cannot run; any case may run out of memory;
+    a peer may fail in any way (a missing package, API drift, a torch.compile failure), and
+    a third party's failure must not cost the rest of the table.
+    """
+    if isinstance(e, (UserError, PeerUnavailable)):
+        return str(e)
+    if isinstance(e, torch.cuda.OutOfMemoryError) or case.is_peer:
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        return f"failed: {type(e).__name__}: {first}"
+    return None
+
+
 def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_round: int, warmup: int,
               vocab: int = 8192, log=print) -> "pd.DataFrame":
     """Time every case in interleaved rounds; return the long-format table."""
@@ -162,47 +226,72 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
     ceilings = measure_ceilings(device, dtype)
     log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
         f"matmul {ceilings['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s ({str(dtype).split('.')[-1]})")
-    steppers, peaks = [], []
-    for case in cases:
+    steppers, peaks, skipped = [], [], {}
+
+    def drop(i: int, reason: str) -> None:
+        skipped[i], steppers[i] = reason, None
+        log(f"skipping {cases[i].variant}/{cases[i].backend}: {reason}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for i, case in enumerate(cases):
+        steppers.append(None)
+        peaks.append(None)
+        if case.skip:
+            drop(i, case.skip)
+            continue
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            s = Stepper(case, device, vocab)
+            steppers[i] = Stepper(case, device, vocab)
             for _ in range(warmup):  # includes torch.compile's first compilation
-                s.step()
+                steppers[i].step()
             _sync(device)
-        except UserError as e:
-            log(f"skipping {case.variant}/{case.backend}: {e}")
-            s = None
-        peaks.append(torch.cuda.max_memory_allocated(device) if device.type == "cuda" and s else None)
-        steppers.append(s)
+        except Exception as e:
+            reason = skip_reason(case, e)
+            if reason is None:
+                raise
+            drop(i, reason)
+            continue
+        peaks[i] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times: list[list[float]] = [[] for _ in cases]
     for r in range(rounds):
         for i, s in enumerate(steppers):
             if s is None:
                 continue
-            _sync(device)
-            t0 = time.perf_counter()
-            for _ in range(steps_per_round):
-                s.step()
-            _sync(device)
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                for _ in range(steps_per_round):
+                    s.step()
+                _sync(device)
+            except Exception as e:
+                reason = skip_reason(cases[i], e)
+                if reason is None:
+                    raise
+                drop(i, reason)
+                continue
             times[i].append((time.perf_counter() - t0) / steps_per_round)
         log(f"round {r + 1}/{rounds} done")
 
     env = environment(device)
+    peer_version = package_version() or ""
     rows = []
     for i, (case, s, ts, peak) in enumerate(zip(cases, steppers, times, peaks)):
+        base = dict(case=i, preset=case.preset, variant=case.variant, backend=case.backend, d_model=case.d_model,
+                    n_streams=s.n_streams if s else declared_streams(case), n_layer=case.cfg.model.n_layer,
+                    seq_len=case.cfg.model.seq_len, batch_size=case.cfg.train.batch_size,
+                    n_params=s.n_params if s else -1, dtype=str(dtype).split(".")[-1],
+                    device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
+                    peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
+                    rounds=rounds, steps_per_round=steps_per_round, note=s.note if s else skipped[i])
         if s is None:
+            rows.append(dict(base, metric="skipped", value=float("nan")))
             continue
         q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
         med = statistics.median(ts)
         fpt = flops_per_token(case.cfg, s.n_params_body)
-        base = dict(case=i, preset=case.preset, variant=case.variant, backend=case.backend, d_model=case.d_model,
-                    n_streams=s.n_streams, n_layer=case.cfg.model.n_layer, seq_len=case.cfg.model.seq_len,
-                    batch_size=case.cfg.train.batch_size, n_params=s.n_params, dtype=str(dtype).split(".")[-1],
-                    device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
-                    rounds=rounds, steps_per_round=steps_per_round)
         values = {"step_time_s": med, "step_time_p10_s": q[0], "step_time_p90_s": q[-1],
                   "tokens_per_s": s.tokens / med, "mfu": fpt * s.tokens / med / ceilings["matmul_flops_per_s"],
                   "copy_bytes_per_s": ceilings["copy_bytes_per_s"], "matmul_flops_per_s": ceilings["matmul_flops_per_s"]}
@@ -211,6 +300,19 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
         rows += [dict(base, metric=k, value=float(v)) for k, v in values.items()]
     df = pd.DataFrame(rows)
     return add_overheads(df, cases, ceilings, dtype)
+
+
+def declared_streams(case: Case) -> int:
+    """n of a case that never built: as asked, else the variant's default (for skipped rows)."""
+    if case.variant == "identity":
+        return 1
+    if case.n_streams:
+        return case.n_streams
+    if case.is_peer:
+        return DEFAULT_N_STREAMS
+    from variants.registry import get_variant_class
+
+    return get_variant_class(case.variant).default_n_streams
 
 
 def add_overheads(df, cases, ceilings, dtype):
@@ -236,9 +338,22 @@ def add_overheads(df, cases, ceilings, dtype):
 
 
 def summary(df) -> str:
-    """A small text table: one line per configuration."""
+    """A small text table: one line per configuration; then skipped cases and peer notes."""
     if df.empty:
         return "(no results)"
+    lines = timing_lines(df[df.metric != "skipped"])
+    if "note" in df:
+        for _, r in df[df.metric == "skipped"].drop_duplicates("case").iterrows():
+            lines.append(f"skipped: {r.preset} d={r.d_model} n={r.n_streams} {r.variant} / {r.backend}: {r.note}")
+        peers = df[(df.metric != "skipped") & df.variant.isin(list(PEERS))].drop_duplicates(["variant", "n_streams"])
+        for _, r in peers.iterrows():
+            lines.append(f"{r.variant} n={r.n_streams}: {r.note}")
+    return "\n".join(lines)
+
+
+def timing_lines(df) -> list[str]:
+    if df.empty:
+        return ["(no timings)"]
     wide = df.pivot_table(index=["preset", "d_model", "n_streams", "variant", "backend"], columns="metric", values="value")
     cols = [c for c in ("step_time_s", "tokens_per_s", "mfu", "peak_mem_bytes", "overhead", "overhead_predicted_io") if c in wide]
     fmt = {"step_time_s": "{:.4f}", "tokens_per_s": "{:,.0f}", "mfu": "{:.1%}", "peak_mem_bytes": "{:,.0f}",
@@ -246,7 +361,7 @@ def summary(df) -> str:
     lines = ["  ".join(["preset", "d", "n", "variant", "backend"] + cols)]
     for idx, r in wide[cols].iterrows():
         lines.append("  ".join([str(i) for i in idx] + [fmt[c].format(r[c]) if r[c] == r[c] else "-" for c in cols]))
-    return "\n".join(lines)
+    return lines
 
 
 def main_bench_model(args) -> int:
@@ -267,7 +382,8 @@ def main_bench_model(args) -> int:
         streams = [int(n) for n in split(args.streams)]
     except ValueError:
         raise UserError(f"--widths/--streams take comma-separated integers, got {args.widths!r} / {args.streams!r}") from None
-    cases = build_cases(split(args.preset), split(args.variants), backends, widths, streams, args.overrides)
+    peers = parse_peers(args.peers)
+    cases = build_cases(split(args.preset), split(args.variants), backends, widths, streams, args.overrides, peers)
     device = resolve_device(args.device)
     df = run_bench(cases, device, args.rounds, args.steps, args.warmup, log=lambda m: print(m, file=sys.stderr))
     print(summary(df))
@@ -283,6 +399,9 @@ def register(sub) -> None:
     p.add_argument("--preset", default="tiny", help="comma-separated presets (default tiny)")
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated variants (default: %(default)s)")
     p.add_argument("--backends", default="torch", help="comma-separated: torch, triton, compile (torch.compile of the torch path)")
+    p.add_argument("--peers", default="all",
+                   help=f"public implementations timed as extra rows in the same model: all (default), none, or "
+                        f"comma-separated from {', '.join(PEERS)} (a missing package gives 'skipped' rows)")
     p.add_argument("--widths", default="", help="comma-separated d_model values to sweep (default: the preset's)")
     p.add_argument("--streams", default="", help="comma-separated n to sweep for multi-stream variants (default: each variant's)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (default 7)")

@@ -19,9 +19,10 @@ time.perf_counter after warm-up. Median and 20/80% quantiles in ms. Bandwidth = 
 op must move (`bytes_moved`: each input read once, each output written once, the paper's I/O
 counting) / median time, and its fraction of the device copy bandwidth (read + write) measured
 at the start of the same run. Peers compute their own conventions (Liger: kernel-order
-Sinkhorn, HC power-of-2 only; hyper-connections: per-stream norms), so only their times are
-comparable, not their outputs. A provider that cannot run a case gets one row with metric
-'skipped' and the reason in `note`, so the table is complete by construction.
+Sinkhorn, HC power-of-2 only; hyper-connections: per-stream norms and projections, Sinkhorn
+with columns exact, see variants/peers.py), so only their times are comparable, not their
+outputs. A provider that cannot run a case gets one row with metric 'skipped' and the reason
+in `note`, so the table is complete by construction.
 """
 
 from __future__ import annotations
@@ -189,21 +190,28 @@ def _liger_ops(sk_iters: int):
 
 
 def _hyper_connections_op(shape: Shape, device, sk_iters: int):
+    """lucidrains' mHC around an identity branch; its own parameters are the gradient leaves.
+
+    The package folds streams into the batch, '(b s) t d'; with b = 1 our (T, n, C) input seen
+    as (n, T, C) is exactly that, and its einops rearranges of the transposed view are views
+    too, so no copy is charged to the peer. Checked against hyper-connections 0.4.11.
+    """
+    from variants.peers import PeerUnavailable, import_package, package_version
+
     try:
-        import hyper_connections
-        from hyper_connections.manifold_constrained_hyper_connections import ManifoldConstrainedHyperConnections
-    except Exception as e:
-        raise Skip(f"hyper-connections not importable ({type(e).__name__}: {e})") from None
-    version = getattr(hyper_connections, "__version__", "?")
-    module = ManifoldConstrainedHyperConnections(shape.n, dim=shape.C, layer_index=0, sinkhorn_iters=sk_iters).to(device)
+        mhc = import_package().ManifoldConstrainedHyperConnections
+    except (PeerUnavailable, AttributeError) as e:
+        raise Skip(str(e)) from None
+    module = mhc(shape.n, dim=shape.C, layer_index=0, sinkhorn_iters=sk_iters).to(device)
     params = list(module.parameters())
 
     def connection(x, **_):
-        streams = x.transpose(0, 1).contiguous()  # (n, T, C) = their '(b s) t d' with b = 1
-        branch_input, add_residual = module(streams)
+        branch_input, add_residual = module(x.transpose(0, 1))  # (n, T, C) = their '(b s) t d', b = 1
         return (add_residual(branch_input),)
 
-    return connection, params, f"hyper-connections {version} (per-stream norms; whole connection only)"
+    note = (f"hyper-connections {package_version()} (whole connection only; per-stream RMSNorm with gain and a "
+            f"C->1+n projection shared by the streams)")
+    return connection, params, note
 
 
 def build(op: str, provider: str, shape: Shape, device: torch.device, sk_iters: int, precision: str,
@@ -312,9 +320,12 @@ def versions() -> dict:
     from kernels.backend import triton_version
 
     v["triton"] = triton_version()
-    for mod in ("liger_kernel", "hyper_connections"):
+    from importlib.metadata import version  # hyper_connections has no __version__
+
+    for mod, dist in (("liger_kernel", "liger-kernel"), ("hyper_connections", "hyper-connections")):
         try:
-            v[mod] = getattr(__import__(mod), "__version__", "?")
+            __import__(mod)
+            v[mod] = version(dist)
         except Exception:
             v[mod] = None
     v["git_commit"] = git_info().get("git_commit")

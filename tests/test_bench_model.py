@@ -7,7 +7,7 @@ from harness.cli import main
 
 def test_quick_bench_writes_a_complete_long_table(tmp_path, capsys):
     out = tmp_path / "bench.parquet"
-    code = main(["bench", "model", "--preset", "tiny", "--variants", "identity,mhc", "--streams", "2",
+    code = main(["bench", "model", "--preset", "tiny", "--variants", "identity,mhc", "--streams", "2", "--peers", "none",
                  "--rounds", "2", "--steps", "1", "--warmup", "1", "--device", "cpu", "--out", str(out),
                  "--set", "model.seq_len=16", "--set", "train.batch_size=2"])
     assert code == 0 and "mhc" in capsys.readouterr().out

@@ -19,14 +19,20 @@ def test_report_and_publish(experiment, tmp_path, capsys):
     assert main(["publish", str(experiment), "--results-dir", str(tmp_path / "results")]) == 2  # no report yet
     assert "run `mhc-bench report" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+    # a cost table with a peer (timed where hyper-connections is installed) and skipped rows (no Triton path)
+    assert main(["bench", "model", "--preset", "tiny", "--variants", "identity,mhc", "--streams", "2", "--peers",
+                 "peer:hyper-connections-mhc", "--backends", "torch,triton", "--rounds", "1", "--steps", "1", "--warmup", "1",
+                 "--device", "cpu", "--set", "model.seq_len=16", "--set", "train.batch_size=2",
+                 "--out", str(experiment / "bench" / "model.parquet")]) == 0
     assert main(["report", str(experiment)]) == 0
     report = experiment / "report"
-    for name in ("report.md", "report.html", "loss.png", "grad_norm.png", "amax.png", "table1.md"):
+    for name in ("report.md", "report.html", "loss.png", "grad_norm.png", "amax.png", "table1.md", "overhead.png"):
         assert (report / name).stat().st_size > 0, name
     assert (report / "amax.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "report.md").read_text()
     assert "| Baseline | 2 |" in md and "| mHC | 2 |" in md
     assert ("inside the noise" in md) or ("than Baseline" in md)
+    assert "peer:hyper-connections-mhc" in md and "skipped: tiny d=64 n=2 peer:hyper-connections-mhc / triton" in md
     assert "data:image/png;base64," in (report / "report.html").read_text()
     capsys.readouterr()
     assert main(["publish", str(experiment), "--results-dir", str(tmp_path / "results")]) == 0
