@@ -81,7 +81,12 @@ def amax_vs_depth(diagnostics: pd.DataFrame, out: Path) -> Path | None:
     g = sns.relplot(both, x="layer", y="value", hue="label", col="gain", row="kind", kind="line",
                     errorbar=_band(), height=3.2, aspect=1.6, facet_kws={"sharey": False})
     g.set(yscale="log")
+    g.set_titles(row_template="{row_name}", col_template="{col_name}")
     for ax in g.axes.flat:  # gains near 1 read better as plain numbers than as 1.1 x 10^0
+        lo, hi = ax.get_ylim()
+        # within a decade a log axis has only one labelled tick: label evenly spaced values instead
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5) if hi / lo < 20
+                                   else matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
