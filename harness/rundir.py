@@ -72,7 +72,8 @@ def environment(device) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "argv": sys.argv,
         **git_info(),
-        **{k: v for k, v in os.environ.items() if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NODELIST")},
+        **{k: v for k, v in os.environ.items() if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NODELIST",
+                                                          "MASTER_ADDR", "MASTER_PORT")},
     }
     try:
         import triton

@@ -29,6 +29,7 @@ import re
 import signal
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,19 @@ class _Preemption:
         raise SystemExit(128 + self.signum if self.env.global_rank == 0 else 0)
 
 
+# Linux hands out outgoing connections' local ports from 32768-60999 (ip_local_port_range); a
+# rendezvous port in that range can already be taken by one of them, and init_process_group then
+# fails with "address already in use". submitit draws from 20000-60000: we stay below 32768.
+MASTER_PORTS = (20000, 32768)
+
+
+def master_port(job_id: str) -> int:
+    """The job's torch.distributed rendezvous port: the same in every task (a hash of the job id,
+    nothing random), different for concurrent jobs, outside the kernel's ephemeral range."""
+    lo, hi = MASTER_PORTS
+    return lo + zlib.crc32(str(job_id).encode()) % (hi - lo)
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """Train one grid run; requeued by submitit on time-out or pre-emption, resumed exactly."""
 
@@ -95,6 +109,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one process per GPU (or CPU task): torch.distributed from SLURM's variables
+            os.environ.setdefault("MASTER_PORT", str(master_port(env.job_id)))  # a port the user set wins
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         cfg = from_dict(self.spec["config"])
         if not cfg.train.threads:  # torch would use every core of the node, not the job's share
@@ -251,9 +266,25 @@ class Handle:
             return out if isinstance(out, dict) else {"status": str(out)}
         except Exception as e:  # the job raised: the run's status.json holds the error
             status = RunDir(self.run.path).read_status() or {}
-            first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             return {"run_id": self.run.id, "name": self.run.name, "status": status.get("status", "failed"),
-                    "step": status.get("step"), "error": status.get("error") or first}
+                    "step": status.get("step"), "error": status.get("error") or job_error(e)}
+
+
+def job_error(e: Exception) -> str:
+    """The line that says why a job failed, from submitit's message about it.
+
+    Used when the run folder has no error of its own (the job died before training started,
+    e.g. joining the process group). submitit wraps the task's traceback, or the tail of its
+    error stream, between dashed lines and ends with the log paths: the last line of that
+    block is the exception; the log paths say nothing.
+    """
+    lines = str(e).splitlines()
+    cuts = [i for i, line in enumerate(lines) if len(line.strip()) >= 10 and set(line.strip()) == {"-"}]
+    block = lines[cuts[0] + 1: cuts[1]] if len(cuts) >= 2 else lines[cuts[0] + 1:] if cuts else lines
+    said = [line.strip() for line in block if line.strip()]
+    if not said:
+        return type(e).__name__
+    return said[-1] if cuts else said[0]
 
 
 @contextlib.contextmanager

@@ -232,6 +232,30 @@ def test_local_failed_and_diverged_runs_are_recorded_and_the_rest_goes_on(tmp_pa
     assert {r.name: why.split(" ")[0] for r, why in skipped} == {"ok": "done", "nan": "diverged"}
 
 
+def test_a_job_that_dies_before_training_reports_its_exception_not_its_log_paths(tmp_path):
+    """No run folder error (e.g. the process group could not be joined): the job's own exception is shown."""
+    submitit = pytest.importorskip("submitit")
+    from slurm.dispatch import job_error
+
+    ex = submitit.LocalExecutor(folder=tmp_path / "logs")
+    ex.update_parameters(timeout_min=1)
+    job = ex.submit(int, "not a number")  # raises in the job's process, like a failed init_process_group
+    with pytest.raises(Exception) as info:
+        job.results()
+    assert str(info.value).rstrip().endswith("_log.out")  # what was shown before: a path, not a reason
+    assert job_error(info.value) == "ValueError: invalid literal for int() with base 10: 'not a number'"
+
+
+def test_rendezvous_port_is_a_function_of_the_job_outside_the_ephemeral_range():
+    from slurm.dispatch import MASTER_PORTS, master_port
+
+    ids = [f"{j}_{a}" for j in range(1, 200) for a in range(5)]
+    ports = [master_port(i) for i in ids]
+    assert ports == [master_port(i) for i in ids]  # every task of a job computes the same port
+    assert all(MASTER_PORTS[0] <= p < MASTER_PORTS[1] <= 32768 for p in ports)  # below Linux's 32768-60999
+    assert len(set(ports)) > 0.95 * len(ids)  # concurrent jobs on one node rarely meet
+
+
 def test_local_jobs_run_the_code_frozen_at_submit_time(tmp_path, tiny_grid):
     from slurm.dispatch import Dispatcher, Resources, freeze_code
 
