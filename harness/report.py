@@ -27,12 +27,14 @@ SMALL_TABLE_BYTES = 20 * 1024 * 1024  # publish copies tables up to this size
 
 # ---------------------------------------------------------------------- loading
 def load(experiment: Path):
-    """Runs grouped into configurations, and every run table with `run`, `label`, `seed` columns."""
+    """Finished runs grouped into configurations, every run table with `run`, `label`, `seed`
+    columns, and a note on the runs left out because they are not finished."""
     import pandas as pd
 
-    from harness.eval.table import collect, group_rows
+    from harness.eval.table import finished_runs, group_rows
 
-    rows = group_rows(collect(experiment))
+    done, left_out = finished_runs(experiment)
+    rows = group_rows(done)
     per_run = []
     for row in rows:
         for run in row.runs:
@@ -45,7 +47,7 @@ def load(experiment: Path):
         tables[name] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     runs = pd.DataFrame([{"run": r["run"], "label": r["label"], "seed": r["seed"], "val_loss": r["val_loss"],
                           **{f"variant.{k}": v for k, v in r["config"]["variant"].items()}} for r in per_run])
-    return rows, per_run, runs, tables
+    return rows, per_run, runs, tables, left_out
 
 
 def bench_tables(experiment: Path):
@@ -173,7 +175,7 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     from harness.rundir import now
 
     experiment = _resolve(experiment, runs_dir)
-    rows, per_run, runs, tables = load(experiment)
+    rows, per_run, runs, tables, left_out = load(experiment)
     out = experiment / "report"
     out.mkdir(parents=True, exist_ok=True)
     env = {}
@@ -182,6 +184,8 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
         env = json.loads(env_file.read_text())
     doc = Doc(f"mhc-bench report: {experiment.name}")
     doc.p(f"{len(per_run)} runs in {len(rows)} configurations; written {now()} from {experiment}.")
+    for note in left_out:
+        doc.p(note)
     doc.p(f"Hardware and versions: {env.get('device_name', '?')} ({env.get('device', '?')}), host {env.get('host', '?')}; "
           f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, triton {env.get('triton', '?')}; "
           f"code {str(env.get('git_commit'))[:12]}{' (uncommitted changes)' if env.get('git_dirty') else ''}.")

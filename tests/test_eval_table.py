@@ -110,3 +110,29 @@ def test_paper_numbers_only_beside_the_papers_own_setting():
     for change in ({"sk_iters": 1}, {"sk_mode": "kernel"}, {"n_streams": 2}, {"mode": "static"}):
         other = {**cfg, "variant": {**cfg["variant"], **change}}
         assert not paper_setting(other), change
+
+
+def test_unfinished_runs_are_left_out_and_named_diverged_ones_stay(tmp_path):
+    """A run stopped at step 40/60 must not pass its step-40 loss off as a final one."""
+    from harness.errors import UserError
+
+    root = tmp_path / "exp"
+
+    def run(name, seed, val, status):
+        cfg = get_preset("tiny")
+        cfg.variant.name, cfg.train.seed = "identity", seed
+        path = root / name
+        path.mkdir(parents=True)
+        (path / "config.json").write_text(json.dumps(cfg.to_dict()))
+        pd.DataFrame({"step": [60], "split": ["val"], "loss": [val]}).to_parquet(path / "metrics.parquet")
+        (path / "status.json").write_text(json.dumps(status))
+
+    run("s0", 0, 3.0, {"status": "stopped", "step": 40, "steps": 60})
+    with pytest.raises(UserError, match=r"no finished run in .*s0 \(stopped at step 40/60\)"):
+        make_table(root, "table1", formats=("csv",))
+    run("s1", 1, 3.2, {"status": "done", "step": 60, "steps": 60})
+    run("s2", 2, float("nan"), {"status": "diverged", "step": 12, "steps": 60, "error": "loss became nan"})
+    md, files = make_table(root, "table1", formats=("md", "csv"))
+    df = pd.read_csv(files["csv"]).set_index("row")
+    assert df.loc["Baseline", "runs"] == 2  # s1 and the diverged s2; not the stopped s0
+    assert "Left out, not finished (1): s0 (stopped at step 40/60)" in md

@@ -12,6 +12,9 @@ def experiment(tiny_cfg, tmp_path):
         for seed in (0, 1):
             train(tiny_cfg(f"variant.name={variant}", f"train.seed={seed}", "train.steps=8", "train.eval_every=4",
                            "train.diag_every=4", "train.checkpoint_every=8"))
+    # a third mHC seed stopped half-way: the report leaves it out and says so
+    train(tiny_cfg("variant.name=mhc", "train.seed=2", "train.steps=8", "train.eval_every=4", "train.diag_every=4",
+                   "train.checkpoint_every=8", "train.stop_after=4"))
     return tmp_path / "runs"
 
 
@@ -31,6 +34,7 @@ def test_report_and_publish(experiment, tmp_path, capsys):
     assert (report / "amax.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "report.md").read_text()
     assert "| Baseline | 2 |" in md and "| mHC | 2 |" in md
+    assert "Left out, not finished (1): " in md and "(stopped at step 4/8)" in md
     assert ("inside the noise" in md) or ("than Baseline" in md)
     assert "peer:hyper-connections-mhc" in md and "skipped: tiny d=64 n=2 peer:hyper-connections-mhc / triton" in md
     assert "data:image/png;base64," in (report / "report.html").read_text()

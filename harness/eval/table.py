@@ -43,6 +43,22 @@ class Run:
     config: dict
     val_loss: float
     evals: object  # DataFrame or None
+    state: str | None = None  # status.json's status (None: a folder without one)
+    step: int | None = None
+    steps: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Done or diverged (an outcome, shown as such); running, stopped, failed or pruned runs are not.
+
+        A run stopped at step 100 of 150 has a 'final' validation loss that belongs to another
+        recipe: mixed into a mean over seeds it would move the row silently.
+        """
+        return self.state in (None, "done", "diverged")
+
+    def describe(self) -> str:
+        at = f" at step {self.step}/{self.steps}" if self.step is not None and self.steps else ""
+        return f"{self.path.name} ({self.state}{at})"
 
 
 @dataclass
@@ -95,6 +111,7 @@ def _final_val_loss(path: Path) -> float:
 
 
 def collect(experiment) -> list[Run]:
+    """Every run folder of an experiment (or the one run folder given), finished or not."""
     import pandas as pd
 
     experiment = Path(experiment).expanduser().resolve()
@@ -111,8 +128,36 @@ def collect(experiment) -> list[Run]:
         except (OSError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read {p / 'config.json'}: {e}") from None
         evals = pd.read_parquet(p / "evals.parquet") if (p / "evals.parquet").is_file() else None
-        runs.append(Run(p, config, _final_val_loss(p), evals))
+        status = _status(p)
+        runs.append(Run(p, config, _final_val_loss(p), evals, status.get("status"), status.get("step"), status.get("steps")))
     return runs
+
+
+def _status(path: Path) -> dict:
+    try:
+        return json.loads((path / "status.json").read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path / 'status.json'}: {e}") from None
+
+
+def finished_runs(experiment) -> tuple[list[Run], list[str]]:
+    """The runs that tables and reports compare, and a note on those left out (empty if none).
+
+    A one-line error when no run of the experiment is finished.
+    """
+    runs = collect(experiment)
+    done = [r for r in runs if r.finished]
+    left = [r for r in runs if not r.finished]
+    if not done:
+        raise UserError(f"no finished run in {experiment} ({len(left)} not finished: "
+                        f"{', '.join(r.describe() for r in left[:3])}{', ...' if len(left) > 3 else ''})")
+    note = []
+    if left:
+        note.append(f"Left out, not finished ({len(left)}): " + "; ".join(r.describe() for r in left)
+                    + ". Their last validation loss is of a shorter run; finish them (`mhc-bench grid submit` resumes) to include them.")
+    return done, note
 
 
 IGNORED = ("run.", "train.seed", "train.progress", "train.threads", "train.stop_after", "preset")
@@ -328,7 +373,7 @@ def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", 
 
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    runs = collect(experiment)
+    runs, left_out = finished_runs(experiment)
     rows = group_rows(runs)
     name = Path(experiment).expanduser().resolve().name
     if layout == "table4":
@@ -341,6 +386,7 @@ def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", 
         df = table1_frame(rows)
         header, body = wide1(df)
         title, notes = f"{name}: Table 1 layout (validation-loss gap vs Baseline)", _notes1(rows)
+    notes = [*notes, *left_out]
     md = markdown(header, body, title, notes)
     out_dir = Path(out_dir) if out_dir else Path(experiment).expanduser().resolve()
     written = {}
