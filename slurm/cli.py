@@ -130,17 +130,21 @@ def cmd_plan(args) -> int:
 def cmd_submit(args) -> int:
     from slurm.dispatch import Dispatcher, freeze_code, plan_submission, print_outcome
     from slurm.experiment import Experiment
+    from slurm.grid import select_runs
 
     grid = _load(args)
     res = _resources(args, grid)
     exp = Experiment(grid.exp_dir)
-    todo, skipped = plan_submission(exp, grid.runs, force=args.force)
+    chosen, others = select_runs(grid.runs, args.only)
+    todo, skipped = plan_submission(exp, chosen, force=args.force)
     exp.register(grid)
     print(f"experiment:  {exp.path}")
+    if others:
+        print(f"  not selected by --only: {len(others)} run(s)")
     for run, why in skipped:
         print(f"  skip  {run.name}: {why}")
     if not todo:
-        print(f"nothing to submit: all {len(grid.runs)} runs are done or in progress")
+        print(f"nothing to submit: all {len(chosen)} {'selected ' if others else ''}runs are done or in progress")
         return 0
     code = freeze_code(exp) if args.cluster != "debug" else None
     if code:
@@ -240,6 +244,9 @@ def register(subparsers) -> None:
     _cluster_args(q)
     q.add_argument("--wait", action="store_true", help="slurm: wait for the jobs and print each outcome (local/debug always wait)")
     q.add_argument("--force", action="store_true", help="submit runs even if a live job of an earlier submission owns them")
+    q.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="submit only the runs whose name matches this shell pattern, e.g. 'mhc-lite-*' (repeatable); "
+                        "the experiment still holds the whole grid")
     q.set_defaults(func=cmd_submit)
 
     q = sub.add_parser("status", help="per-run state of an experiment: pending/running/stopped/done/diverged/failed")

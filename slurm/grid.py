@@ -110,6 +110,25 @@ class Grid:
         return hashlib.sha256((self.text + "\0" + repr(self.options)).encode()).hexdigest()[:12]
 
 
+def select_runs(runs: list[Run], patterns) -> tuple[list[Run], list[Run]]:
+    """(runs whose name matches one of the shell patterns, the others); all runs without patterns.
+
+    `grid submit --only 'mhc-lite-*'` trains part of a grid now (the cheap arms first, say)
+    while the experiment keeps the whole grid: status, collect and report still see every run.
+    A pattern that matches no run is a one-line error naming the runs there are.
+    """
+    import fnmatch
+
+    if not patterns:
+        return list(runs), []
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(r.name, pat) for r in runs):
+            names = ", ".join(r.name for r in runs[:8]) + (", ..." if len(runs) > 8 else "")
+            raise UserError(f"--only {pat!r} matches no run of the grid (runs: {names})")
+    chosen = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pat) for pat in patterns)]
+    return chosen, [r for r in runs if r not in chosen]
+
+
 @dataclass
 class _Arm:
     label: str

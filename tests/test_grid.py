@@ -198,6 +198,19 @@ def test_debug_submit_status_collect_and_resubmit_trains_nothing(tmp_path, tiny_
     assert one[one.split == "train"].step.tolist() == [1, 2, 3, 4]
 
 
+def test_submit_only_trains_the_selected_runs_and_the_experiment_keeps_the_grid(tmp_path, tiny_grid):
+    path, args = tiny_grid()
+    code, out, err = cli("submit", path, *args, "--cluster", "debug", "--only", "mhc-*-seed=9")
+    assert code == 2 and "--only 'mhc-*-seed=9' matches no run of the grid (runs: identity-seed=0" in err, err
+    assert not (tmp_path / "runs" / "t").exists()  # nothing registered or written
+    code, out, _ = cli("submit", path, *args, "--cluster", "debug", "--only", "mhc-*", "--only", "identity-seed=1")
+    assert code == 0 and "finished: 3 done" in out and "not selected by --only: 1 run(s)" in out, out
+    rows = {r["name"]: r["state"] for r in json.loads(cli("status", "t", "--runs-dir", tmp_path / "runs", "--json")[1])}
+    assert rows == {"identity-seed=0": "pending", "identity-seed=1": "done", "mhc-n_streams=2-seed=0": "done", "mhc-n_streams=2-seed=1": "done"}
+    code, out, _ = cli("submit", path, *args, "--cluster", "debug", "--only", "mhc-*")
+    assert code == 0 and "nothing to submit: all 2 selected runs are done" in out
+
+
 def test_local_failed_and_diverged_runs_are_recorded_and_the_rest_goes_on(tmp_path, data_cache):
     # one run cannot find its corpus (fails at job time), one blows up (lr 1e30 -> inf/NaN), one is fine
     path = write(tmp_path, """
