@@ -89,6 +89,8 @@ def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
         _, p = welch(vals, base_vals) if row is not base else (math.nan, math.nan)
         if row is base:
             verdict = "reference"
+        elif base is None:
+            verdict = "–"
         elif p != p:
             verdict = "no test (needs ≥ 2 seeds on both sides)"
         elif p < 0.05:

@@ -136,3 +136,11 @@ def test_unfinished_runs_are_left_out_and_named_diverged_ones_stay(tmp_path):
     df = pd.read_csv(files["csv"]).set_index("row")
     assert df.loc["Baseline", "runs"] == 2  # s1 and the diverged s2; not the stopped s0
     assert "Left out, not finished (1): s0 (stopped at step 40/60)" in md
+
+
+def test_rows_sort_numbers_as_numbers():
+    from harness.eval.table import natural_key
+
+    labels = ["mHC (variant.sk_iters=20)", "mHC (variant.sk_iters=2)", "mHC (variant.sk_iters=10)",
+              "mHC (variant.sk_iters=0)", "mHC (variant.sk_iters=5)", "mHC (variant.sk_iters=1.5)"]
+    assert [l.split("=")[1][:-1] for l in sorted(labels, key=natural_key)] == ["0", "1.5", "2", "5", "10", "20"]

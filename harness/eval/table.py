@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,7 +190,13 @@ def group_rows(runs: list[Run]) -> list[Row]:
                 row.label += " (" + ", ".join(f"{k}={s.get(k)}" for k in differ[:3]) + ")"
     order = {"Baseline": 0, "HC": 2, "mHC": 3, "mHC-lite": 4}
     return sorted(rows.values(), key=lambda r: (order.get(r.label.split(" (")[0], 1 if r.variant == "hc" else 5),
-                                                 len(r.learned), r.label))
+                                                 len(r.learned), natural_key(r.label)))
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key reading numbers as numbers: sk_iters=2 before sk_iters=10."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
 
 
 # ---------------------------------------------------------------------- statistics
