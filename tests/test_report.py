@@ -64,3 +64,23 @@ def test_kernel_bandwidth_figure_draws_ops_against_the_copy_ceiling(tmp_path):
     out = kernel_bandwidth(pd.DataFrame(rows), tmp_path / "k.png")
     assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
     assert kernel_bandwidth(pd.DataFrame(rows[:1]), tmp_path / "none.png") is None  # only the ceiling: no figure
+
+
+def test_gap_vs_k_figure_draws_a_sweep_with_references_and_needs_two_finite_ks(tmp_path):
+    import pandas as pd
+
+    from harness.plots import ds_gap_vs_k
+
+    runs = pd.DataFrame([
+        {"run": "k1", "variant.name": "mhc", "variant.sk_iters": 1, "variant.sk_mode": "paper"},
+        {"run": "k20", "variant.name": "mhc", "variant.sk_iters": 20, "variant.sk_mode": "paper"},
+        {"run": "conv", "variant.name": "mhc", "variant.sk_iters": 20, "variant.sk_mode": "converged"},
+        {"run": "lite", "variant.name": "mhc-lite", "variant.sk_iters": 20, "variant.sk_mode": "paper"},
+    ])
+    gaps = {"k1": (0.0, 2e-2), "k20": (1e-7, 1e-2), "conv": (1e-7, 1e-6), "lite": (0.0, 0.0)}  # (row, column)
+    diag = pd.DataFrame([{"run": r, "scope": "layer", "stat": "token_max", "step": step, "metric": m, "value": v * step}
+                         for r, (row, col) in gaps.items() for step in (1, 2)
+                         for m, v in (("res_row_gap", row), ("res_col_gap", col))])
+    out = ds_gap_vs_k(diag, runs, tmp_path / "gap.png")
+    assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
+    assert ds_gap_vs_k(diag, runs[runs.run != "k1"], tmp_path / "none.png") is None  # one finite k: no sweep
