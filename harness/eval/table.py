@@ -149,16 +149,38 @@ def finished_runs(experiment) -> tuple[list[Run], list[str]]:
     A one-line error when no run of the experiment is finished.
     """
     runs = collect(experiment)
+    note = []
+    grid = _grid_folders(Path(experiment).expanduser().resolve())
+    if grid is not None:  # a grid's experiment: the runs of its latest version, as `grid collect` takes
+        older = [r for r in runs if r.path.name not in grid]
+        runs = [r for r in runs if r.path.name in grid]
+        have = {r.path.name for r in runs}
+        missing = [name for folder, name in grid.items() if folder not in have]
+        if older:
+            note.append(f"Left out, runs of an earlier version of the grid ({len(older)}): "
+                        + "; ".join(r.path.name for r in older) + ".")
+        if missing:
+            note.append(f"Not started ({len(missing)}): " + "; ".join(missing) + ". `mhc-bench grid submit` trains them.")
     done = [r for r in runs if r.finished]
     left = [r for r in runs if not r.finished]
     if not done:
         raise UserError(f"no finished run in {experiment} ({len(left)} not finished: "
                         f"{', '.join(r.describe() for r in left[:3])}{', ...' if len(left) > 3 else ''})")
-    note = []
     if left:
         note.append(f"Left out, not finished ({len(left)}): " + "; ".join(r.describe() for r in left)
                     + ". Their last validation loss is of a shorter run; finish them (`mhc-bench grid submit` resumes) to include them.")
     return done, note
+
+
+def _grid_folders(experiment: Path) -> dict[str, str] | None:
+    """{folder: run name} of the latest version of the grid behind an experiment; None without one."""
+    if not (experiment / "manifest.json").is_file():
+        return None
+    from slurm.experiment import Experiment
+
+    exp = Experiment(experiment)
+    runs = exp.manifest()["runs"]
+    return {runs[rid]["folder"]: runs[rid]["name"] for rid in exp.run_ids()}
 
 
 IGNORED = ("run.", "train.seed", "train.progress", "train.threads", "train.stop_after", "preset")
