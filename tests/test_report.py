@@ -84,3 +84,26 @@ def test_gap_vs_k_figure_draws_a_sweep_with_references_and_needs_two_finite_ks(t
     out = ds_gap_vs_k(diag, runs, tmp_path / "gap.png")
     assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
     assert ds_gap_vs_k(diag, runs[runs.run != "k1"], tmp_path / "none.png") is None  # one finite k: no sweep
+
+
+def test_without_a_baseline_the_papers_mhc_setting_is_the_reference(tmp_path):
+    from pathlib import Path
+
+    from harness.eval.table import Run, group_rows
+    from harness.presets import get_preset
+    from harness.report import loss_summary
+
+    runs = []
+    for k, losses in ((20, (3.00, 3.01, 3.02)), (1, (3.50, 3.52, 3.51)), (5, (2.9, 3.1, 3.05))):
+        for seed, loss in enumerate(losses):
+            cfg = get_preset("tiny")
+            cfg.variant.name, cfg.variant.sk_iters, cfg.train.seed = "mhc", k, seed
+            runs.append(Run(Path(f"k{k}-s{seed}"), cfg.to_dict(), loss, None))
+    header, body, notes = loss_summary(group_rows(runs))
+    verdicts = {row[0]: row[-1] for row in body}
+    assert header[3] == "Δ vs mHC (variant.sk_iters=20)"
+    assert verdicts == {"mHC (variant.sk_iters=1)": "higher loss than mHC (variant.sk_iters=20)",
+                        "mHC (variant.sk_iters=5)": verdicts["mHC (variant.sk_iters=5)"],
+                        "mHC (variant.sk_iters=20)": "reference"}
+    assert verdicts["mHC (variant.sk_iters=5)"].startswith("inside the noise")
+    assert any("the paper's mHC setting" in n for n in notes)
