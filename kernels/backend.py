@@ -27,6 +27,7 @@ BACKENDS = ("torch", "triton", "auto")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # stream dtypes the kernels take
 
 _poison = False
+_compile_only_sms: int | None = None  # set by compile_only(): kernels build for a fake GPU, nothing runs
 
 
 def interpreting() -> bool:
@@ -47,7 +48,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on `device` in this process (None = they can)."""
     if triton_version() is None:
         return "Triton is not installed"
-    if device.type == "cuda" or interpreting():
+    if device.type == "cuda" or interpreting() or _compile_only_sms is not None:
         return None
     return (f"the Triton kernels need a CUDA device (tensors are on {device.type}); on a CPU they only "
             "run under the slow interpreter, with TRITON_INTERPRET=1 set before start-up")
@@ -82,17 +83,80 @@ def load(module: str):
 
 
 def launcher(fn):
-    """Decorates a kernel launcher whose first argument is a tensor: Triton launches on the
-    *current* CUDA device, so make that the tensor's (train.device=cuda:1, e.g.)."""
+    """Decorates a kernel launcher whose first argument is a tensor.
+
+    Triton launches on the *current* CUDA device, so that is made the tensor's
+    (train.device=cuda:1, e.g.). A kernel Triton cannot build here (no ptxas, a driver too
+    old, a compile error, too little shared memory) becomes one UserError naming the kernel
+    and the cause, instead of a compiler traceback in the middle of a training step.
+    """
+    kernel = f"{fn.__module__.removeprefix('kernels.')}.{fn.__name__}"
 
     @functools.wraps(fn)
     def wrapped(first, *args, **kwargs):
-        if first.device.type == "cuda":
-            with torch.cuda.device(first.device):
-                return fn(first, *args, **kwargs)
-        return fn(first, *args, **kwargs)
+        try:
+            if first.device.type == "cuda":
+                with torch.cuda.device(first.device):
+                    return fn(first, *args, **kwargs)
+            return fn(first, *args, **kwargs)
+        except Exception as e:
+            if not _raised_by_triton(e):
+                raise
+            raise UserError(f"backend=triton: kernel {kernel} cannot be built or launched here: {_first_line(e)}; "
+                            "use variant.backend=torch (or auto)") from e
 
     return wrapped
+
+
+def _raised_by_triton(e: BaseException) -> bool:
+    """True when the exception comes from inside Triton's compiler or driver (not from torch)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return False
+    tb = e.__traceback__
+    triton_dir = os.sep + "triton" + os.sep
+    while tb is not None:
+        if triton_dir in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    """The most telling line of a (possibly chained, multi-line) Triton error."""
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    lines = [ln.strip() for ln in str(root).splitlines() if ln.strip()]
+    text = lines[-1] if type(root).__name__ == "CompilationError" and lines else (lines[0] if lines else "")
+    return f"{type(root).__name__}: {text}"[:300]
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device`: the launchers size their grids to fill it.
+
+    The interpreter has no SMs; 1 keeps its grids (and the tests) small.
+    """
+    if device.type == "cuda":
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return _compile_only_sms or 1
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@contextmanager
+def compile_only(sms: int):
+    """Within this block the Triton path accepts meta tensors: the kernels are specialised and
+    compiled for the active (fake) Triton driver as on a GPU with `sms` SMs, but nothing runs.
+    Used by the compile gate (harness/kernel_audit), never by training."""
+    global _compile_only_sms
+    old, _compile_only_sms = _compile_only_sms, sms
+    try:
+        yield
+    finally:
+        _compile_only_sms = old
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,20 +184,40 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def stream_tiles(n_pad: int, C: int, tokens: int) -> tuple[int, int, int]:
+def stream_tiles(n_pad: int, C: int, tokens: int, elem_bytes: int) -> tuple[int, int, int]:
     """(BLOCK_T, BLOCK_C, num_warps) for the stream kernels, whose tile is (BLOCK_T, n_pad, BLOCK_C).
 
-    On a GPU ~4-8k fp32 values per tile (a few registers per thread at 4-8 warps) with C
-    contiguous and coalesced; in the interpreter the cost is per program, so tiles are big.
+    GPU: each thread owns 16 contiguous bytes of C (one 128-bit access: 8 bf16 or 4 fp32
+    values) for every stream and token of the tile, and a block of up to 4 warps spans
+    BLOCK_C = 128 threads x 16 bytes, so reductions over the streams stay inside a thread and
+    every global access is 16 bytes wide. BLOCK_T tokens per program keep about 32 values of
+    each stream tensor per thread: enough bytes in flight, few enough registers. In the
+    interpreter the cost is per program, so tiles are big.
     """
     if interpreting():
         bc = min(next_pow2(C), MAX_BLOCK_C_INTERPRET)
         bt = floor_pow2(min(next_pow2(tokens), max(1, 8192 // (n_pad * bc)), 64))
         return bt, bc, 1
-    bc = min(next_pow2(C), 1024)
-    bt = floor_pow2(max(1, min(8192 // (n_pad * bc), 16)))
-    warps = 8 if n_pad * bc * bt >= 8192 else 4
+    vec = max(1, 16 // elem_bytes)
+    bc = min(next_pow2(C), vec * 32 * 4)
+    warps = max(1, bc // (vec * 32))
+    bt = floor_pow2(max(1, min(32 // (n_pad * vec), next_pow2(tokens))))
     return bt, bc, warps
+
+
+def token_tiles(tokens: int, per_token: int, device: torch.device) -> tuple[int, int]:
+    """(BLOCK_T, num_warps) for the per-token kernels (coefficient heads, Sinkhorn), whose tile is
+    BLOCK_T tokens x `per_token` values held in registers.
+
+    Their work is a few KB per token block, so what matters is spreading it: BLOCK_T is the
+    largest power of two that still gives every SM at least two programs (and keeps the
+    Sinkhorn backward's ~8 live tiles at <= 1024 values), with about 256 values per warp.
+    """
+    if interpreting():
+        return floor_pow2(min(next_pow2(max(tokens, 1)), 64)), 1
+    cap = max(1, 1024 // per_token)
+    bt = floor_pow2(max(1, min(cap, tokens // (2 * sm_count(device)))))
+    return bt, max(1, min(4, bt * per_token // 256))
 
 
 def floor_pow2(x: int) -> int:

@@ -9,6 +9,8 @@ Examples:
     mhc-bench bench kernels                                   # GPU: all ops, shapes, providers, bf16
     mhc-bench bench kernels --quick                           # CPU smoke run (seconds)
     mhc-bench bench kernels --ops connection --shapes 16384x4096x4 --providers torch,triton,liger
+    mhc-bench bench kernels --static                          # no GPU: build for sm_90a/sm_100a, report
+                                                              # registers, spills, occupancy, widths, bounds
 """
 
 from __future__ import annotations
@@ -34,11 +36,20 @@ def register(sub) -> None:
     p.add_argument("--triton-interpreter", action="store_true",
                    help="on a CPU, run the triton provider in Triton's interpreter (a correctness smoke test, not a timing)")
     p.add_argument("--runs-dir", default="runs", help="the table goes to RUNS_DIR/bench/ (default runs)")
-    p.add_argument("--out", default="", help="explicit output Parquet path")
+    p.add_argument("--out", default="", help="explicit output Parquet path (--static: its Markdown page goes beside it)")
+    p.add_argument("--static", action="store_true",
+                   help="no timing: build every kernel with Triton's real compiler for --arch on this machine (no GPU "
+                        "needed) and report registers, spills, occupancy, access widths and bandwidth bounds "
+                        "(harness/kernel_audit)")
+    p.add_argument("--arch", default="", help="--static targets: sm_90a (H100/H200), sm_100a (B200); default both")
     p.set_defaults(func=_main)
 
 
 def _main(args) -> int:
+    if args.static:
+        from harness.kernel_audit.static import main as static_main
+
+        return static_main(args)
     from kernels.bench import main
 
     return main(args)

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import empty, floor_pow2, interpreting, launcher, next_pow2
+from kernels.backend import empty, launcher, next_pow2, token_tiles
 from kernels.tiles_triton import token_block
 from kernels.sinkhorn_triton import MODES, NEG, TINY, sk_backward, sk_chunk, sk_forward
 
@@ -112,16 +112,15 @@ def _heads_bwd(mix_ptr, alpha_ptr, bias_ptr, perm_ptr, gpre_ptr, gpost_ptr, gres
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-def _meta(n: int, offsets: dict, res_kind: str, width_res: int, iters: int, mode: str, eps: float, T: int) -> dict:
+def _meta(n: int, offsets: dict, res_kind: str, width_res: int, iters: int, mode: str, eps: float, T: int, device) -> dict:
     n_pad = next_pow2(n)
     kind = 0 if offsets["res"] < 0 else (1 if res_kind == "sinkhorn" else 2)
     f_pad, nn_pad = (max(2, next_pow2(width_res)), next_pow2(n * n)) if kind == 2 else (1, 1)
-    # GPU: ~1-2k values per (BLOCK_T, ., .) tile: the Sinkhorn backward keeps ~8 such tiles live
-    per_token = n_pad * n_pad if kind != 2 else f_pad * nn_pad // 2
-    cap = 64 if interpreting() else max(1, 1024 // per_token)
+    per_token = n_pad * n_pad if kind != 2 else f_pad * nn_pad // 2  # the largest register tile per token
+    bt, warps = token_tiles(T, per_token, device)
     return dict(OFF_PRE=offsets["pre"], OFF_POST=offsets["post"], OFF_RES=offsets["res"], RES_KIND=kind,
                 N=n, N_PAD=n_pad, F=width_res if kind == 2 else 1, F_PAD=f_pad, NN_PAD=nn_pad,
-                ITERS=iters, MODE=MODES.get(mode, 0), EPS=eps, BLOCK_T=floor_pow2(min(next_pow2(max(T, 1)), cap)))
+                ITERS=iters, MODE=MODES.get(mode, 0), EPS=eps, BLOCK_T=bt, num_warps=warps)
 
 
 @launcher
@@ -134,7 +133,7 @@ def forward(mix, alpha_w, bias_w, perms, n, offsets, res_kind, width_res, iters,
     res = empty((T, n, n), torch.float32, dev) if offsets["res"] >= 0 else None
     logits = empty((T, n, n), torch.float32, dev) if offsets["res"] >= 0 and res_kind == "sinkhorn" else None
     if T:
-        meta = _meta(n, offsets, res_kind, width_res, iters, mode, eps, T)
+        meta = _meta(n, offsets, res_kind, width_res, iters, mode, eps, T, mix.device)
         dummy = mix
         _heads_fwd[(triton.cdiv(T, meta["BLOCK_T"]),)](
             mix, alpha_w, bias_w, perms if perms is not None else dummy,
@@ -148,7 +147,7 @@ def backward(mix, alpha_w, bias_w, perms, gpre, gpost, gres, n, offsets, res_kin
     T, W = mix.shape
     dl = empty((T, W), torch.float32, mix.device)
     if T:
-        meta = _meta(n, offsets, res_kind, width_res, iters, mode, eps, T)
+        meta = _meta(n, offsets, res_kind, width_res, iters, mode, eps, T, mix.device)
         meta["CHUNK"] = sk_chunk(iters, mode)
         dummy = mix
         _heads_bwd[(triton.cdiv(T, meta["BLOCK_T"]),)](

@@ -63,7 +63,7 @@ def width_reason(width: int) -> str | None:
     return None
 
 
-def project(x: Tensor, phi: Tensor, eps: float, backend: str = "torch", precision: str = "ieee") -> Tensor:
+def project(x: Tensor, phi: Tensor, eps: float, backend: str = "torch", precision: str = "tf32") -> Tensor:
     """mix = RMSNorm(x) φ over the last dim of x, in fp32; backend: torch | triton | auto."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

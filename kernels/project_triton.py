@@ -14,32 +14,42 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.backend import empty, interpreting, launcher, next_pow2
+from kernels.backend import empty, interpreting, launcher, next_pow2, sm_count
 
 
 # =============================================================================================
-# Forward (Eq. 14-15): acc = x φ and ss = Σ x² in one sweep over K; mix = acc · rsqrt(ss/K + eps)
+# Forward (Eq. 14-15): acc = x φ and ss = Σ x² in one sweep over K; mix = acc · rsqrt(ss/K + eps).
+# Program (p, s) owns BLOCK_R rows and the s-th slice of K (split-K: enough programs to fill
+# the GPU when there are few rows). With one slice the program finishes the rows itself;
+# otherwise it writes its partial acc and ss and the launcher adds the slices (S·R·(W + 1)
+# floats, deterministic). The dot runs on tensor cores unless PRECISION is "ieee".
 # =============================================================================================
 @triton.jit
-def _project_fwd(x_ptr, phi_ptr, mix_ptr, invr_ptr, R, K, W, eps,
+def _project_fwd(x_ptr, phi_ptr, mix_ptr, invr_ptr, acc_ptr, ss_ptr, R, K, W, k_per_split, eps,
                  BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-                 PRECISION: tl.constexpr):
+                 SPLIT: tl.constexpr, PRECISION: tl.constexpr):
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    w = tl.arange(0, BLOCK_W)
+    split = tl.program_id(1)
     r64 = r.to(tl.int64)
     rm, wm = r < R, w < W
     acc = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
     ss = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_end = tl.minimum(K, (split + 1) * k_per_split)
+    for k0 in range(split * k_per_split, k_end, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        km = k < K
+        km = k < k_end
         a = tl.load(x_ptr + r64[:, None] * K + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
-        ss += tl.sum(a * a, axis=1)
         b = tl.load(phi_ptr + k[:, None].to(tl.int64) * W + w[None, :], mask=km[:, None] & wm[None, :], other=0.0)
+        ss += tl.sum(a * a, axis=1)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    inv_r = tl.rsqrt(ss / K + eps)
-    tl.store(mix_ptr + r64[:, None] * W + w[None, :], acc * inv_r[:, None], mask=rm[:, None] & wm[None, :])
-    if tl.program_id(1) == 0:
+    if SPLIT:
+        base = split.to(tl.int64) * R + r64
+        tl.store(acc_ptr + base[:, None] * W + w[None, :], acc, mask=rm[:, None] & wm[None, :])
+        tl.store(ss_ptr + base, ss, mask=rm)
+    else:
+        inv_r = tl.rsqrt(ss / K + eps)
+        tl.store(mix_ptr + r64[:, None] * W + w[None, :], acc * inv_r[:, None], mask=rm[:, None] & wm[None, :])
         tl.store(invr_ptr + r, inv_r, mask=rm)
 
 
@@ -47,8 +57,8 @@ def _project_fwd(x_ptr, phi_ptr, mix_ptr, invr_ptr, R, K, W, eps,
 # Backward. With dP = dmix · inv_r and coef = -(Σ_w dmix · mix) · inv_r² / K (per row):
 #     dx = dP φ^T + coef · x        dφ = x^T dP
 # A program owns a K slice and walks a range of rows: x is read once for both products, its
-# φ slice stays in registers, and dφ accumulates in registers (per row split; the splits'
-# partial sums are added afterwards, so the result is deterministic, no atomics).
+# φ^T slice is loaded once, and dφ accumulates on the tensor cores (per row split; the
+# splits' partial sums are added afterwards, so the result is deterministic, no atomics).
 # =============================================================================================
 @triton.jit
 def _project_bwd(x_ptr, phi_ptr, dp_ptr, coef_ptr, dx_ptr, dphi_ptr, R, K, W, rows_per_split,
@@ -57,7 +67,7 @@ def _project_bwd(x_ptr, phi_ptr, dp_ptr, coef_ptr, dx_ptr, dphi_ptr, R, K, W, ro
     split = tl.program_id(1)
     w = tl.arange(0, W_PAD)
     km, wm = k < K, w < W
-    phi = tl.load(phi_ptr + k[:, None].to(tl.int64) * W + w[None, :], mask=km[:, None] & wm[None, :], other=0.0)
+    phi_t = tl.load(phi_ptr + k[None, :].to(tl.int64) * W + w[:, None], mask=wm[:, None] & km[None, :], other=0.0)
     dphi = tl.zeros((BLOCK_K, W_PAD), dtype=tl.float32)
     r_start = split * rows_per_split
     r_end = tl.minimum(R, r_start + rows_per_split)
@@ -68,7 +78,7 @@ def _project_bwd(x_ptr, phi_ptr, dp_ptr, coef_ptr, dx_ptr, dphi_ptr, R, K, W, ro
         a = tl.load(x_ptr + r64[:, None] * K + k[None, :], mask=rm[:, None] & km[None, :], other=0.0).to(tl.float32)
         d = tl.load(dp_ptr + r64[:, None] * W + w[None, :], mask=rm[:, None] & wm[None, :], other=0.0)
         cf = tl.load(coef_ptr + r, mask=rm, other=0.0)
-        dx = tl.dot(d, tl.trans(phi), input_precision=PRECISION) + cf[:, None] * a
+        dx = tl.dot(d, phi_t, input_precision=PRECISION) + cf[:, None] * a
         tl.store(dx_ptr + r64[:, None] * K + k[None, :], dx.to(dx_ptr.dtype.element_ty), mask=rm[:, None] & km[None, :])
         dphi = tl.dot(tl.trans(a), d, dphi, input_precision=PRECISION)
     tl.store(dphi_ptr + split.to(tl.int64) * K * W + k[:, None].to(tl.int64) * W + w[None, :], dphi,
@@ -78,12 +88,16 @@ def _project_bwd(x_ptr, phi_ptr, dp_ptr, coef_ptr, dx_ptr, dphi_ptr, R, K, W, ro
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-def _blocks(R: int, K: int, W: int) -> tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_K, BLOCK_W, num_warps); tl.dot needs every dim >= 16."""
+def _blocks(R: int, K: int, W: int, elem: int, backward: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_R, BLOCK_K, W_PAD, num_warps); tl.dot needs every dim >= 16, and Hopper's
+    warp-group MMA 64 rows per 4 warps. The (BLOCK_R, W_PAD) fp32 accumulator and an fp32
+    (BLOCK_R, BLOCK_K) tile of x must fit the registers with room to spare (no spills on
+    sm_90a or sm_100a: the compile gate checks)."""
     w_pad = max(16, next_pow2(W))
     if interpreting():
         return max(16, min(next_pow2(R), 64)), max(16, min(next_pow2(K), 512)), w_pad, 1
-    return 32, 64, min(w_pad, 128), 4
+    bk = 64 if w_pad <= 64 and (elem < 4 or backward) else 32
+    return 64, bk, w_pad, 8 if w_pad >= 128 else 4
 
 
 @launcher
@@ -95,10 +109,20 @@ def forward(x: torch.Tensor, phi: torch.Tensor, eps: float, precision: str) -> t
     inv_r = empty((R,), torch.float32, x.device)
     if R == 0:
         return mix, inv_r
-    br, bk, bw, warps = _blocks(R, K, W)
-    grid = (triton.cdiv(R, br), triton.cdiv(W, bw))
-    _project_fwd[grid](x, phi, mix, inv_r, R, K, W, eps, BLOCK_R=br, BLOCK_K=bk, BLOCK_W=bw,
-                       PRECISION=precision, num_warps=warps, **({} if interpreting() else {"num_stages": 3}))
+    br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), backward=False)
+    row_blocks, k_steps = triton.cdiv(R, br), triton.cdiv(K, bk)
+    # split K when the rows alone give fewer than two programs per SM, keeping >= 4 K steps each
+    splits = 1 if interpreting() else max(1, min(triton.cdiv(2 * sm_count(x.device), row_blocks), k_steps // 4))
+    k_per_split = triton.cdiv(k_steps, splits) * bk
+    splits = triton.cdiv(K, k_per_split)
+    acc = empty((splits, R, W), torch.float32, x.device) if splits > 1 else mix
+    ss = empty((splits, R), torch.float32, x.device) if splits > 1 else inv_r
+    _project_fwd[(row_blocks, splits)](x, phi, mix, inv_r, acc, ss, R, K, W, k_per_split, eps,
+                                       BLOCK_R=br, BLOCK_K=bk, BLOCK_W=w_pad, SPLIT=splits > 1, PRECISION=precision,
+                                       num_warps=warps, **({} if interpreting() else {"num_stages": 3}))
+    if splits > 1:
+        torch.rsqrt(ss.sum(dim=0) / K + eps, out=inv_r)
+        torch.mul(acc.sum(dim=0), inv_r[:, None], out=mix)
     return mix, inv_r
 
 
@@ -113,20 +137,15 @@ def backward(x, phi, mix, inv_r, dmix, precision: str) -> tuple[torch.Tensor, to
     # per-row scalars of the RMS backward: R·W values, negligible next to the R·K stream
     dp = (dmix * inv_r[:, None]).contiguous()
     coef = (-(dmix * mix).sum(dim=1) * inv_r.square() / K).contiguous()
-    br, bk, _, warps = _blocks(R, K, W)
-    w_pad = max(16, next_pow2(W))
-    if not interpreting() and w_pad >= 128:
-        bk = 32  # φ slice + dφ accumulator: 2 · BLOCK_K · W_PAD fp32 registers
+    br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), backward=True)
     k_blocks = triton.cdiv(K, bk)
     row_blocks = triton.cdiv(R, br)
-    if interpreting():
-        splits = 1
-    else:  # enough programs to fill the GPU twice over
-        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        splits = max(1, min(row_blocks, triton.cdiv(2 * sms, k_blocks)))
+    # about two programs per SM (more would only add a partial wave at this kernel's occupancy)
+    splits = 1 if interpreting() else max(1, min(row_blocks, 2 * sm_count(x.device) // k_blocks))
     rows_per_split = triton.cdiv(row_blocks, splits) * br
     splits = triton.cdiv(R, rows_per_split)
     dphi = empty((splits, K, W), torch.float32, x.device)
     _project_bwd[(k_blocks, splits)](x, phi, dp, coef, dx, dphi, R, K, W, rows_per_split,
-                                     BLOCK_R=br, BLOCK_K=bk, W_PAD=w_pad, PRECISION=precision, num_warps=warps)
+                                     BLOCK_R=br, BLOCK_K=bk, W_PAD=w_pad, PRECISION=precision, num_warps=warps,
+                                     **({} if interpreting() else {"num_stages": 1}))
     return dx, dphi[0] if splits == 1 else dphi.sum(dim=0)

@@ -26,10 +26,12 @@ import math
 import triton
 import triton.language as tl
 
-from kernels.backend import empty, floor_pow2, interpreting, launcher, next_pow2
+from kernels.backend import empty, launcher, next_pow2, token_tiles
 
-TINY: tl.constexpr = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the 0-sum floor
-NEG: tl.constexpr = -1.0e30  # stands in for -inf on padded logits (keeps exp/max finite)
+# Module constants a kernel reads must BE tl.constexpr objects: the compiler refuses a global that
+# is merely annotated `x: tl.constexpr = v` (the interpreter accepts it).
+TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(torch.float32).tiny: the 0-sum floor
+NEG = tl.constexpr(-1.0e30)  # stands in for -inf on padded logits (keeps exp/max finite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,11 +190,6 @@ def sk_chunk(iters: int, mode: str) -> int:
     return c if mode == "paper" else 2 * c
 
 
-def token_block(n_pad: int, T: int) -> int:
-    cap = 64 if interpreting() else max(1, 1024 // (n_pad * n_pad))  # ~8 live tiles in the backward
-    return floor_pow2(min(next_pow2(max(T, 1)), cap))
-
-
 @launcher
 def forward(L, iters: int, mode: str, eps: float):
     """L (T, n, n) fp32 contiguous -> H (T, n, n) fp32."""
@@ -200,9 +197,9 @@ def forward(L, iters: int, mode: str, eps: float):
     out = empty(L.shape, L.dtype, L.device)
     if T:
         n_pad = next_pow2(n)
-        bt = token_block(n_pad, T)
+        bt, warps = token_tiles(T, n_pad * n_pad, L.device)
         _sinkhorn_fwd[(triton.cdiv(T, bt),)](L, out, T, N=n, N_PAD=n_pad, ITERS=iters, MODE=MODES[mode],
-                                             EPS=eps, BLOCK_T=bt)
+                                             EPS=eps, BLOCK_T=bt, num_warps=warps)
     return out
 
 
@@ -212,7 +209,7 @@ def backward(L, G, iters: int, mode: str, eps: float):
     dL = empty(L.shape, L.dtype, L.device)
     if T:
         n_pad = next_pow2(n)
-        bt = token_block(n_pad, T)
+        bt, warps = token_tiles(T, n_pad * n_pad, L.device)
         _sinkhorn_bwd[(triton.cdiv(T, bt),)](L, G, dL, T, N=n, N_PAD=n_pad, ITERS=iters, MODE=MODES[mode],
-                                             EPS=eps, CHUNK=sk_chunk(iters, mode), BLOCK_T=bt)
+                                             EPS=eps, CHUNK=sk_chunk(iters, mode), BLOCK_T=bt, num_warps=warps)
     return dL

@@ -1,5 +1,5 @@
-"""Triton helpers shared by the stream kernels: the token block a program owns, and the
-per-token coefficient of a mapping that may be held fixed (ablations).
+"""Triton helpers shared by the stream kernels: the tile a program owns, and the per-token
+coefficient of a mapping that may be held fixed (ablations).
 
 `@triton.jit` helpers are inlined into their callers, so factoring them out costs nothing
 at run time and keeps the masking rules in one place.
@@ -18,6 +18,18 @@ def token_block(T, N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_T: tl.constexpr):
     i = tl.arange(0, N_PAD)
     tm = t < T
     return t.to(tl.int64), tm, i, tm[:, None] & (i < N)[None, :]
+
+
+@triton.jit
+def stream_tile(T, C, N: tl.constexpr, N_PAD: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The (BLOCK_T tokens, N_PAD streams, BLOCK_C channels) tile of program (axis 0, axis 1):
+    (t64, c, i, (t, i) mask, (t, c) mask, (t, i, c) mask, element offsets into a (T, N, C) tensor)."""
+    t64, tm, i, m2 = token_block(T, N, N_PAD, BLOCK_T)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mtc = tm[:, None] & (c < C)[None, :]
+    m3 = m2[:, :, None] & (c < C)[None, None, :]
+    offs3 = t64[:, None, None] * (N * C) + i[None, :, None] * C + c[None, None, :]
+    return t64, c, i, m2, mtc, m3, offs3
 
 
 @triton.jit

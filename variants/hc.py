@@ -26,6 +26,8 @@ three tiny launches, and no stream traffic).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -45,8 +47,11 @@ def no_autocast(x: Tensor):
     """Coefficients in fp32 and the stream update in x's dtype, even inside bf16 autocast.
 
     Under autocast a matmul on the fp32 residual stream would silently come back as bf16 and
-    the stream would be accumulated in bf16 from the first merge on.
+    the stream would be accumulated in bf16 from the first merge on. Meta tensors (the kernel
+    compile gate) have no autocast to leave.
     """
+    if x.device.type == "meta":
+        return contextlib.nullcontext()
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
