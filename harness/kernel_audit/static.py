@@ -1,0 +1,87 @@
+"""`mhc-bench bench kernels --static`: the static performance report, from the command line.
+
+    mhc-bench bench kernels --static [--arch sm_90a,sm_100a] [--shapes TOKENSxCxN,...] [--dtype bf16]
+                                     [--providers triton,liger] [--out FILE.parquet]
+
+Builds every kernel for each target (harness/kernel_audit/audit.py, one process per target),
+then writes the long table (Parquet) and a Markdown page beside it (same name, .md), and
+prints the targets section. Shapes follow `bench kernels` (tokens x C x n). `--providers
+triton,liger` adds Liger-Kernel's mHC kernels side by side (about 5 minutes of compiling per
+shape and dtype on 2 cores, so not by default). Exit status 1 when one of our kernels failed to
+build or spills (Liger's kernels are reported, not gated).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+DEFAULT_ARCHS = "sm_90a,sm_100a"
+
+
+def main(args) -> int:
+    from harness.atomic import write_parquet, write_text
+    from harness.errors import UserError
+    from harness.kernel_audit.audit import GATE_SHAPES, summary
+    from harness.kernel_audit.gpus import GPUS
+    from harness.kernel_audit.report import long_table, markdown
+    from harness.kernel_audit.run import audit_targets
+    from harness.kernel_audit.workloads import DTYPES, PEERS, WORKLOADS
+    from harness.rundir import now
+    from kernels.bench import parse_shapes
+
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    archs = split(args.arch or DEFAULT_ARCHS)
+    for a in archs:
+        if a not in GPUS:
+            raise UserError(f"--arch: unknown target {a!r}; choose from {', '.join(GPUS)}")
+    dtypes = ",".join(DTYPES) if args.dtype == "auto" else args.dtype
+    for d in split(dtypes):
+        if d not in DTYPES:
+            raise UserError(f"--dtype with --static: choose from auto, {', '.join(DTYPES)}; got {d!r}")
+    shapes = ",".join(f"{s.tokens}x{s.n}x{s.C}" for s in parse_shapes(args.shapes)) if args.shapes else GATE_SHAPES
+    providers = split(args.providers) if args.providers else ["triton"]  # liger: ~5 min of compiling per shape
+    for p in providers:
+        if p not in ("triton", "liger"):
+            raise UserError(f"--providers with --static: choose from triton, liger; got {p!r}")
+    workloads = (list(WORKLOADS) if "triton" in providers else []) + [p for p in PEERS if p in providers]
+
+    print(f"building {len(workloads)} workloads x {len(shapes.split(','))} shapes x {len(split(dtypes))} dtypes "
+          f"for {', '.join(archs)} ...", file=sys.stderr)
+    runs = audit_targets(archs, shapes, dtypes, ",".join(workloads))
+    records, failures, not_covered, ok = [], [], [], True
+    for arch, run in runs.items():
+        if run["result"] is None:
+            raise UserError(f"the compile audit for {arch} did not finish: {run['stderr'].strip().splitlines()[-1:]}")
+        records += run["result"]["records"]
+        failures += run["result"]["failures"]
+        not_covered += run["result"]["not_covered"]
+        ours = {k: [r for r in run["result"][k] if r["workload"] not in PEERS] for k in ("records", "failures")}
+        passed, line = summary(dict(run["result"], **ours))
+        ok &= passed
+        print(line)
+    versions = _versions()
+    command = "mhc-bench bench kernels --static " + " ".join(a for a in sys.argv[sys.argv.index("--static") + 1:]) \
+        if "--static" in sys.argv else "mhc-bench bench kernels --static"
+    out = Path(args.out) if args.out else Path(args.runs_dir) / "bench" / f"kernels-static-{now().replace(':', '')}.parquet"
+    write_parquet(out, long_table(records, versions))
+    page = markdown(records, failures, not_covered, command.strip(), versions)
+    write_text(out.with_suffix(".md"), page)
+    print(page[page.index("## Targets"):] if "## Targets" in page else "")
+    print(f"table: {out}\nreport: {out.with_suffix('.md')}")
+    return 0 if ok else 1
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from harness.rundir import git_info
+
+    out = {}
+    for dist in ("torch", "triton", "liger-kernel"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    out["git_commit"] = git_info().get("git_commit") or "unknown"
+    return out
