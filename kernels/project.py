@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from kernels.backend import dtype_reason, load, resolve
+from kernels.precision import tf32_round
 from variants.sinkhorn import compute_dtype
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
@@ -39,6 +40,8 @@ class ProjectFunction(torch.autograd.Function):
         *lead, K = x.shape
         x2 = x.reshape(-1, K).contiguous()
         phi32 = phi.float().contiguous()
+        if precision == "tf32":  # round to nearest here: the tensor core would truncate (kernels/precision.py)
+            phi32 = tf32_round(phi32)
         mix, inv_r = load("project_triton").forward(x2, phi32, eps, precision)
         ctx.save_for_backward(x2, phi32, mix, inv_r)
         ctx.cfg = (x.shape, phi.dtype, precision)

@@ -15,6 +15,7 @@ import triton
 import triton.language as tl
 
 from kernels.backend import empty, interpreting, launcher, next_pow2, sm_count
+from kernels.precision import tf32_round
 
 
 # =============================================================================================
@@ -136,6 +137,8 @@ def backward(x, phi, mix, inv_r, dmix, precision: str) -> tuple[torch.Tensor, to
         return dx, torch.zeros((K, W), dtype=torch.float32, device=x.device)
     # per-row scalars of the RMS backward: R·W values, negligible next to the R·K stream
     dp = (dmix * inv_r[:, None]).contiguous()
+    if precision == "tf32":  # round to nearest: the tensor core would truncate (kernels/precision.py)
+        dp = tf32_round(dp)
     coef = (-(dmix * mix).sum(dim=1) * inv_r.square() / K).contiguous()
     br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), backward=True)
     k_blocks = triton.cdiv(K, bk)

@@ -33,6 +33,7 @@ from harness.errors import UserError  # noqa: E402
 from kernels import backend as kb  # noqa: E402
 from kernels.coefficients import coefficient_heads, head_widths, heads_reference  # noqa: E402
 from kernels.post_res import post_res, post_res_reference  # noqa: E402
+from kernels.precision import tf32_error_bound  # noqa: E402
 from kernels.premix import premix, premix_reference  # noqa: E402
 from kernels.project import project, project_reference  # noqa: E402
 from kernels.sinkhorn import sinkhorn, sinkhorn_reference  # noqa: E402
@@ -66,15 +67,21 @@ def poisoned_small_blocks(monkeypatch):
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: tuple[float, float], what: str) -> None:
     """Elementwise |a - e| <= rtol |e| + atol max(1, max|e|); NaN/inf fail; the message shows the first mismatch."""
     rtol, atol = tol
+    e = expected.detach().double().cpu()
+    assert_within(actual, expected, rtol * e.abs() + atol * e.abs().max().clamp_min(1.0), what)
+
+
+def assert_within(actual: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, what: str) -> None:
+    """Elementwise |a - e| <= allowed (a tensor of bounds); NaN/inf fail; the message shows the first mismatch."""
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    allowed = allowed.detach().double().cpu()
     assert torch.isfinite(e).all(), f"{what}: the reference itself is not finite"
     bad = ~torch.isfinite(a)
     if bad.any():
         idx = tuple(int(i) for i in bad.nonzero()[0])
         raise AssertionError(f"{what}: non-finite value {a[idx].item()} at {idx} ({int(bad.sum())} of {a.numel()}; "
                              "an unwritten (poisoned) element or an overflow)")
-    allowed = rtol * e.abs() + atol * e.abs().max().clamp_min(1.0)
     over = (a - e).abs() > allowed
     if over.any():
         idx = tuple(int(i) for i in over.nonzero()[0])
@@ -210,17 +217,50 @@ def test_sinkhorn_extreme_logits():
 # ---------------------------------------------------------------------------------------------
 # Projection RMSNorm(x) φ (GEMM fused with the sum of squares)
 # ---------------------------------------------------------------------------------------------
+PROJECT_SHAPES = [(1, 4, 3), (7, 37, 24), (33, 300, 80), (70, 600, 130), (5, 130, 6)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("R,K,W", [(1, 4, 3), (7, 37, 24), (33, 300, 80), (70, 600, 130), (5, 130, 6)])
+@pytest.mark.parametrize("R,K,W", PROJECT_SHAPES)
 def test_project_matches_reference(R, K, W, dtype):
+    """precision="ieee": fp32 FMA dots, to fp32 accuracy."""
     g = gen_for((R, K, W, str(dtype)))
     x, phi = rand(R, K, dtype=dtype, gen=g), rand(K, W, scale=1 / math.sqrt(K), gen=g)
-    outs, grads, outs64, grads64 = run_both(lambda x, p: (project(x, p, 1e-6, "triton"),),
+    outs, grads, outs64, grads64 = run_both(lambda x, p: (project(x, p, 1e-6, "triton", "ieee"),),
                                             lambda x, p: (project_reference(x, p, 1e-6),), [x, phi], g)
     assert outs[0].dtype == torch.float32
     assert_close(outs[0], outs64[0], COEF_TOL, "mix")
     assert_close(grads[0], grads64[0], STREAM_TOL[dtype] if dtype != torch.float32 else COEF_TOL, "dx")
     assert_close(grads[1], grads64[1], COEF_TOL, "dphi")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("R,K,W", PROJECT_SHAPES)
+def test_project_tf32_is_within_the_tf32_bound(R, K, W, dtype):
+    """precision="tf32" (the default: tensor cores, as the paper): every element within the
+    tf32 error bound of the fp64 result (kernels/precision.tf32_error_bound: each operand of
+    each product off by < 2^-10 relative), plus fp32 accumulation slack. On a GPU that is what
+    the tensor cores must meet; in the interpreter (whose dots are exact) it checks the op's
+    own rounding of φ and dP, and the rounding must show (the bound is not met vacuously)."""
+    g = gen_for((R, K, W, str(dtype), "tf32"))
+    x, phi, dmix = rand(R, K, dtype=dtype, gen=g), rand(K, W, scale=1 / math.sqrt(K), gen=g), rand(R, W, gen=g)
+    xl, pl = leaf(x), leaf(phi)
+    mix = project(xl, pl, 1e-6, "triton", "tf32")
+    dx, dphi = torch.autograd.grad(mix, [xl, pl], dmix)
+    x64, p64 = leaf(x.double()), leaf(phi.double())
+    ref = project_reference(x64, p64, 1e-6)
+    dx64, dphi64 = torch.autograd.grad(ref, [x64, p64], dmix.double())
+    xd, pd, dm, refd = x64.detach().cpu(), p64.detach().cpu(), dmix.double().cpu(), ref.detach().cpu()
+    inv_r = torch.rsqrt(xd.square().mean(dim=-1, keepdim=True) + 1e-6)
+    slack = lambda e: COEF_TOL[0] * e.detach().abs().cpu() + COEF_TOL[1] * e.detach().abs().max().cpu()  # noqa: E731
+    assert_within(mix, ref, tf32_error_bound(xd, pd) * inv_r + slack(ref), "mix")
+    dp = dm * inv_r
+    coef_err = 2.0 ** -9 * (dm.abs() * refd.abs()).sum(dim=1, keepdim=True) * inv_r.square() / K
+    stream = STREAM_TOL[dtype][0] * dx64.detach().abs().cpu()  # dx is rounded to the stream dtype
+    assert_within(dx, dx64, tf32_error_bound(dp, pd.T) + coef_err * xd.abs() + slack(dx64) + stream, "dx")
+    assert_within(dphi, dphi64, tf32_error_bound(xd.T, dp) + slack(dphi64), "dphi")
+    if K >= 8:
+        assert (mix.double().cpu() - refd).abs().max() > 1e-7, "no tf32 rounding happened"
 
 
 # ---------------------------------------------------------------------------------------------
