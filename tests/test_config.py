@@ -98,3 +98,17 @@ def test_config_hash_of_existing_runs_is_unchanged(preset, variant):
     cfg = apply_overrides(get_preset(preset), [f"variant.name={variant}"])
     assert cfg.config_hash() == PUBLISHED_HASHES[preset, variant]
 
+
+def test_execution_only_fields_leave_the_hash_alone():
+    a, b = get_preset("small"), get_preset("small")
+    b.train.log_every, b.train.recompute, b.train.recompute_block = 1, True, 3
+    assert a.config_hash() == b.config_hash()
+
+
+@pytest.mark.parametrize("override, message", [("train.log_every=0", "train.log_every must be >= 1, got 0"),
+                                               ("train.log_every=-3", "train.log_every must be >= 1, got -3"),
+                                               ("train.recompute_block=-1", "train.recompute_block must be >= 0, got -1")])
+def test_bad_execution_fields_name_the_field(override, message):
+    cfg = apply_overrides(get_preset("tiny"), [override])
+    with pytest.raises(UserError, match=message):
+        cfg.validate()
