@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.train import lr_at, train
+from harness.train import adamw_options, lr_at, make_optimizer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +135,16 @@ def test_checkpoint_of_format_1_with_scalar_alphas_still_resumes_exactly(tiny_cf
     (a, _), (b, _) = train_losses(full.run_dir), train_losses(resumed.run_dir)
     assert resumed.status == "done" and (a.values == b.values).all()
     assert load_checkpoint(resumed.run_dir / "checkpoint.pt")["format_version"] == 2
+
+
+def test_fused_adamw_on_cuda_only():
+    assert adamw_options(torch.device("cuda")) == {"fused": True}
+    assert adamw_options(torch.device("cuda", 1)) == {"fused": True}
+    assert adamw_options(torch.device("cpu")) == {}  # CPU keeps the implementation its bitwise resume was tested with
+    model = torch.nn.Linear(3, 2)
+    model.no_decay_parameters = lambda: {id(model.bias)}
+    from harness.presets import get_preset
+
+    opt = make_optimizer(model, get_preset("tiny"))
+    assert all(not g["fused"] and not g["foreach"] for g in opt.param_groups)
+
