@@ -1,6 +1,5 @@
 """Activation memory: saved-for-backward bytes, counted exactly (harness/activation_memory.py)."""
 
-import pytest
 import torch
 
 from harness.activation_memory import bytes_per_token, count_saved_bytes, measure, measure_in_subprocess

@@ -1,7 +1,6 @@
 """Selective recompute of the stream maths (train.recompute): the same numbers, less stored."""
 
 import gc
-import weakref
 
 import pandas as pd
 import pytest
@@ -131,3 +130,12 @@ def test_recompute_under_two_processes_matches_a_single_plain_run(tmp_path, data
     assert len(norms) > 3
     for c in norms:
         assert ((ta[c] - tb[c]).abs() <= 1e-4 * ta[c].abs() + 1e-7).all(), c
+
+
+def test_a_second_backward_through_the_same_graph_is_a_clear_error(single_thread):
+    model, [(x, y)] = model_of("mhc"), batches(k=1)
+    model.set_recompute(2)
+    loss = model(x, y)[1]
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="second backward"):
+        loss.backward()

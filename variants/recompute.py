@@ -90,6 +90,13 @@ class _Block:
             self.merges = []
         return self.rebuilt
 
+    def sublayer(self, k: int) -> _Rebuilt:
+        sub = self.rebuild()[k]
+        if sub is None:
+            raise RuntimeError("train.recompute: this block's stream maths was already differentiated; "
+                               "a second backward through the same graph (retain_graph) is not supported")
+        return sub
+
 
 class _Pre(torch.autograd.Function):
     @staticmethod
@@ -111,7 +118,7 @@ class _Pre(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh: Tensor):
         block, k = ctx.block, ctx.k
-        sub = block.rebuild()[k]
+        sub = block.sublayer(k)
         params = block.params[k]
         outs, grads = (sub.h, sub.out), (dh, sub.grad_out)
         if sub.grad_out is None:  # x_{k+1} got no gradient (Merge_k's backward did not run)
@@ -133,7 +140,7 @@ class _Merge(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        sub = ctx.block.rebuild()[ctx.k]
+        sub = ctx.block.sublayer(ctx.k)
         sub.grad_out = dout
         (dy,) = torch.autograd.grad(sub.out, sub.y, dout, retain_graph=True)
         return None, None, dy  # dx_k and the parameters' gradients: Pre_k's backward (module doc)
