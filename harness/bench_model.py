@@ -25,6 +25,14 @@ eager, compile = torch.compile; they have no Triton path), so their overhead is 
 same identity step as ours. A case that cannot run (package missing, the peer's API drifted, an
 option it lacks, out of memory) gets one row with metric 'skipped' and the reason in `note`,
 as in kernels/bench.py, so the table says what was not measured instead of failing.
+
+Activation memory (`act_*` metrics) is not timed but counted exactly: the bytes autograd saves
+for the backward per token (harness/activation_memory.py), without and with `train.recompute`,
+and as a ratio to identity's (same preset, width, backend). The HC paper reports +26% for HC
+(`act_ratio_published`, 1.26 on hc rows, for reference). It is measured at a short sequence
+(bytes per token do not depend on it) on a fresh model of the case's shape, in the step's dtype;
+backend=triton on a CPU in a subprocess under Triton's interpreter. torch.compile chooses its
+own saved set (its partitioner recomputes cheap ops), so compile rows carry no act_* metrics.
 """
 
 from __future__ import annotations
@@ -298,8 +306,72 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
         if peak is not None:
             values["peak_mem_bytes"] = peak
         rows += [dict(base, metric=k, value=float(v)) for k, v in values.items()]
+    rows += activation_rows(cases, steppers, skipped, device, vocab, rows, log)
     df = pd.DataFrame(rows)
-    return add_overheads(df, cases, ceilings, dtype)
+    return add_activation_ratios(add_overheads(df, cases, ceilings, dtype))
+
+
+# ---------------------------------------------------------------------- activation memory
+HC_PUBLISHED_ACT_RATIO = 1.26  # HC paper: activation memory +26% over the plain residual (SCIENCE.md)
+
+
+def activation_rows(cases, steppers, skipped, device, vocab, rows, log) -> list[dict]:
+    """act_bytes_per_token (without / with train.recompute) per case; see the module doc."""
+    from harness.activation_memory import bytes_per_token, measure, measure_in_subprocess
+    from harness.train import autocast_context
+    from kernels.backend import triton_unavailable_reason
+
+    base_of = {r["case"]: {k: v for k, v in r.items() if k not in ("metric", "value")} for r in rows}
+    out = []
+    for i, case in enumerate(cases):
+        if case.backend == "compile" or case.skip or (case.is_peer and steppers[i] is None):
+            continue
+        base = base_of[i]
+        interpreted = case.backend == "triton" and triton_unavailable_reason(device) is not None
+        try:
+            if case.is_peer:  # no recompute: the peer's connection runs whole
+                m = {"off": bytes_per_token(steppers[i].model, autocast=steppers[i].autocast), "on": None, "recompute_block": None}
+            elif interpreted:
+                log(f"activation memory of {case.variant}/triton under Triton's interpreter (subprocess)")
+                m = measure_in_subprocess(case.cfg, vocab, env={"TRITON_INTERPRET": "1"})
+                base = dict(base, note="activation memory under Triton's interpreter (subprocess)"
+                            + (f"; step time not measured: {skipped[i]}" if i in skipped else ""))
+            else:
+                m = measure(case.cfg, vocab, device, autocast=autocast_context(device, case.cfg.train.dtype))
+        except Exception as e:
+            reason = skip_reason(case, e) or (f"failed: {type(e).__name__}: {str(e)[:300]}" if interpreted else None)
+            if reason is None:
+                raise
+            log(f"activation memory of {case.variant}/{case.backend} not measured: {reason}")
+            out.append(dict(base, metric="skipped", value=float("nan"), note=f"activation memory not measured: {reason}"))
+            continue
+        values = {"act_bytes_per_token": m["off"]}
+        if not case.is_peer:  # a variant with nothing to recompute (identity) stores the same with it on
+            values["act_bytes_per_token_recompute"] = m["off"] if m["on"] is None else m["on"]
+            if m["recompute_block"]:
+                values["recompute_block"] = m["recompute_block"]
+        if case.variant == "hc":
+            values["act_ratio_published"] = HC_PUBLISHED_ACT_RATIO
+        out += [dict(base, metric=k, value=float(v)) for k, v in values.items()]
+    return out
+
+
+def add_activation_ratios(df):
+    """act_ratio (and act_ratio_recompute): saved bytes per token / identity's, same preset, width, backend."""
+    import pandas as pd
+
+    if df.empty or "act_bytes_per_token" not in set(df.metric):
+        return df
+    key = ["preset", "d_model", "backend"]
+    act = df[df.metric == "act_bytes_per_token"]
+    ident = act[act.variant == "identity"].set_index(key)["value"]
+    extra = []
+    for metric, ratio in (("act_bytes_per_token", "act_ratio"), ("act_bytes_per_token_recompute", "act_ratio_recompute")):
+        for _, row in df[df.metric == metric].iterrows():
+            k = (row.preset, row.d_model, row.backend)
+            if k in ident.index:
+                extra.append(dict(row.drop(["metric", "value"]).to_dict(), metric=ratio, value=row.value / ident[k]))
+    return pd.concat([df, pd.DataFrame(extra)], ignore_index=True)
 
 
 def declared_streams(case: Case) -> int:
@@ -342,9 +414,14 @@ def summary(df) -> str:
     if df.empty:
         return "(no results)"
     lines = timing_lines(df[df.metric != "skipped"])
+    if "act_bytes_per_token" in set(df.metric):
+        lines.append("act_*: bytes saved for backward per token, counted exactly (harness/activation_memory.py), without "
+                     "and with train.recompute, and as a ratio to identity's; act_ratio_published: the HC paper's +26% for HC")
     if "note" in df:
+        counted = set(df[df.metric == "act_bytes_per_token"].case)  # e.g. triton on a CPU: counted, not timed
         for _, r in df[df.metric == "skipped"].drop_duplicates("case").iterrows():
-            lines.append(f"skipped: {r.preset} d={r.d_model} n={r.n_streams} {r.variant} / {r.backend}: {r.note}")
+            label = "not timed (activation memory above)" if r.case in counted else "skipped"
+            lines.append(f"{label}: {r.preset} d={r.d_model} n={r.n_streams} {r.variant} / {r.backend}: {r.note}")
         peers = df[(df.metric != "skipped") & df.variant.isin(list(PEERS))].drop_duplicates(["variant", "n_streams"])
         for _, r in peers.iterrows():
             lines.append(f"{r.variant} n={r.n_streams}: {r.note}")
@@ -355,9 +432,13 @@ def timing_lines(df) -> list[str]:
     if df.empty:
         return ["(no timings)"]
     wide = df.pivot_table(index=["preset", "d_model", "n_streams", "variant", "backend"], columns="metric", values="value")
-    cols = [c for c in ("step_time_s", "tokens_per_s", "mfu", "peak_mem_bytes", "overhead", "overhead_predicted_io") if c in wide]
+    cols = [c for c in ("step_time_s", "tokens_per_s", "mfu", "peak_mem_bytes", "overhead", "overhead_predicted_io",
+                        "act_bytes_per_token", "act_ratio", "act_bytes_per_token_recompute", "act_ratio_recompute",
+                        "act_ratio_published") if c in wide]
     fmt = {"step_time_s": "{:.4f}", "tokens_per_s": "{:,.0f}", "mfu": "{:.1%}", "peak_mem_bytes": "{:,.0f}",
-           "overhead": "{:+.1%}", "overhead_predicted_io": "{:+.1%}"}
+           "overhead": "{:+.1%}", "overhead_predicted_io": "{:+.1%}", "act_bytes_per_token": "{:,.0f}",
+           "act_ratio": "{:.2f}x", "act_bytes_per_token_recompute": "{:,.0f}", "act_ratio_recompute": "{:.2f}x",
+           "act_ratio_published": "{:.2f}x"}
     lines = ["  ".join(["preset", "d", "n", "variant", "backend"] + cols)]
     for idx, r in wide[cols].iterrows():
         lines.append("  ".join([str(i) for i in idx] + [fmt[c].format(r[c]) if r[c] == r[c] else "-" for c in cols]))

@@ -102,6 +102,12 @@ class TrainConfig:
     stop_after: int = doc("stop cleanly after this step as if pre-empted, leaving a resumable checkpoint (0 = off)", 0)
     parallel: str = doc("with several processes: 'ddp' replicates the model on every GPU; 'fsdp' shards parameters, "
                         "gradients and optimiser state (FSDP2) for models that outgrow one GPU", "ddp", choices=("ddp", "fsdp"))
+    log_every: int = doc("read losses and gradient norms to the host every N steps (1 = every step); metrics keep one row "
+                         "per step, with the interval's mean step time", 10)
+    recompute: bool = doc("recompute the residual-stream maths in the backward instead of storing it (mHC paper 4.3); "
+                          "the numbers are unchanged, identity ignores it", False)
+    recompute_block: int = doc("with recompute: consecutive sub-layers per block, of which only the input stream is stored; "
+                               "0 = the paper's optimum round(sqrt(n L / (n + 2))), L = sub-layers", 0)
 
 
 @dataclass
@@ -136,9 +142,11 @@ class Config:
         for name in ("steps", "batch_size", "grad_accum", "eval_batches"):
             if getattr(t, name) <= 0:
                 raise UserError(f"train.{name} must be positive, got {getattr(t, name)}")
-        for name in ("eval_every", "checkpoint_every", "stop_after", "threads"):
+        for name in ("eval_every", "checkpoint_every", "stop_after", "threads", "recompute_block"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+        if t.log_every < 1:
+            raise UserError(f"train.log_every must be >= 1, got {t.log_every}")
         if o.lr <= 0:
             raise UserError(f"optim.lr must be positive, got {o.lr}")
         if o.warmup_steps < 0:
@@ -178,7 +186,9 @@ class Config:
         d = self.to_dict()
         d.pop("run")
         d.pop("preset")
-        for k in ("progress", "threads", "stop_after", "parallel"):  # how a run is executed, not what it computes
+        # How a run is executed, not what it computes. A new field of that kind must be added here,
+        # or every existing run id changes (tests/test_config.py pins the published ones).
+        for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block"):
             d["train"].pop(k, None)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:10]

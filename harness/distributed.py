@@ -117,11 +117,13 @@ class Dist:
         optimizer.load_state_dict(optim_state)
 
     @torch.no_grad()
-    def grad_norms(self, groups: dict[str, list]) -> dict[str, float]:
+    def grad_norms(self, groups: dict[str, list]) -> tuple[list[str], torch.Tensor]:
         """L2 norm of the whole gradient of each named parameter list, one reduction for all.
 
-        Under FSDP each rank holds a shard of every gradient: shard norms are combined as
-        sqrt(sum over ranks of squares). Lists without a gradient get no entry.
+        Returns the names and a float32 tensor of their norms, left on the device: the training
+        loop reads it to the host once per logging interval, not once per step. Under FSDP each
+        rank holds a shard of every gradient: shard norms are combined as sqrt(sum over ranks of
+        squares). Lists without a gradient get no entry.
         """
         from harness.fsdp import local
 
@@ -132,13 +134,13 @@ class Dist:
                 names.append(name)
                 norms.append(torch.linalg.vector_norm(torch.stack(grads)))
         if not norms:
-            return {}
+            return [], torch.zeros(0, device=self.device)
         norms = torch.stack(norms)
         if self.sharded:
             norms = norms.square()
             torch.distributed.all_reduce(norms)
             norms = norms.sqrt()
-        return dict(zip(names, norms.tolist()))
+        return names, norms
 
     # ------------------------------------------------------------------ agreement
     def _reduce(self, value: float, op) -> float:
@@ -147,12 +149,23 @@ class Dist:
         torch.distributed.all_reduce(t, op=op)
         return t.item()
 
-    def sum(self, value: float) -> float:
-        """Sum of a number over the ranks (the number itself in a single process)."""
-        return self._reduce(value, torch.distributed.ReduceOp.SUM) if self.enabled else value
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum of a tensor over the ranks, left on its device (the tensor itself in a single process).
+
+        A device-side collective (nccl on CUDA, gloo on CPU) with no host read, so the loop can
+        sum a whole logging interval's losses at once.
+        """
+        if not self.enabled:
+            return value
+        total = value.clone()  # all_reduce works in place
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        return total
 
     def any(self, flag: bool) -> bool:
-        """True on every rank when it is true on one (stop signals reach ranks at different steps)."""
+        """True on every rank when it is true on one (stop signals reach ranks at different steps).
+
+        A host read under several processes: the loop asks only at logging-interval boundaries.
+        """
         return bool(self._reduce(float(flag), torch.distributed.ReduceOp.MAX)) if self.enabled else flag
 
     def on_main(self, fn) -> None:

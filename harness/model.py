@@ -208,6 +208,17 @@ class GPT(nn.Module):
             ids |= {id(p) for p in r.no_decay_parameters()}
         return ids
 
+    def set_recompute(self, block: int) -> bool:
+        """Recompute the stream maths of every `block` consecutive sub-layers in the backward
+        instead of storing it (variants/recompute.py); 0 turns it off. Residuals of variants with
+        nothing to recompute (identity) ignore it; returns whether any residual uses it."""
+        from variants.recompute import StreamRecompute
+
+        shared = StreamRecompute(block) if block else None
+        for r in self.residuals():
+            r.recompute = shared if r.recomputable else None
+        return any(r.recompute is not None for r in self.residuals())
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role, for per-group gradient norms: embed, attn, mlp, norm, mixing, head."""
         mixing = {id(p) for r in self.residuals() for p in r.parameters()}
@@ -290,9 +301,19 @@ def padded_vocab(cfg, tokenizer_vocab: int) -> int:
     return cfg.model.vocab_size or 64 * math.ceil(tokenizer_vocab / 64)
 
 
+def recompute_block(cfg, n_streams: int) -> int:
+    """Sub-layers per recompute block L_r: train.recompute_block, else the mHC paper's optimum
+    √(nL/(n + 2)) rounded (L = sub-layers; variants/recompute.py says why)."""
+    L = 2 * cfg.model.n_layer
+    return cfg.train.recompute_block or max(1, min(L, round(math.sqrt(n_streams * L / (n_streams + 2)))))
+
+
 def build_model(cfg, tokenizer_vocab: int) -> GPT:
-    """The GPT for a full `Config`, with the variant from the registry."""
+    """The GPT for a full `Config`, with the variant from the registry (and train.recompute)."""
     from variants.registry import build_variant
 
     variant = build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
-    return GPT(cfg.model, variant, padded_vocab(cfg, tokenizer_vocab))
+    model = GPT(cfg.model, variant, padded_vocab(cfg, tokenizer_vocab))
+    if cfg.train.recompute:
+        model.set_recompute(recompute_block(cfg, variant.n_streams))
+    return model

@@ -6,6 +6,12 @@ metrics row; validation rows every `eval_every` steps; a checkpoint every `check
 steps (metrics are flushed with it). `resume=True` continues from the checkpoint with exactly
 the same batches, learning rates and optimiser state, so an interrupted run reproduces an
 uninterrupted one bit for bit on CPU. A NaN/inf loss ends the run as `diverged`, not a crash.
+
+A step never waits for the device: losses and gradient norms stay device tensors and are read
+to the host once every `log_every` steps (and before any validation, diagnostics, checkpoint or
+stop, which need the host anyway). The metrics still get a row per step; their step_time_s and
+tokens_per_s are the interval's mean per step. A non-finite loss is found at that read, by its
+exact step, before anything is checkpointed after it.
 """
 
 from __future__ import annotations
@@ -88,6 +94,16 @@ def lr_at(step: int, cfg: Config) -> float:
     return o.lr * factor
 
 
+def adamw_options(device: torch.device) -> dict:
+    """Implementation flags of AdamW on `device`.
+
+    CUDA: the fused kernel, one launch for every parameter instead of a dozen foreach launches
+    per step. CPU keeps torch's default (foreach off, not fused): its results are what existing
+    CPU runs and checkpoints were computed with, and CPU resume is tested bitwise against them.
+    """
+    return {"fused": True} if device.type == "cuda" else {}
+
+
 def make_optimizer(model, cfg: Config) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms, biases and residual-mixing parameters."""
     no_decay = model.no_decay_parameters()
@@ -97,7 +113,7 @@ def make_optimizer(model, cfg: Config) -> torch.optim.AdamW:
         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
     ]
     o = cfg.optim
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, **adamw_options(params[0].device))
 
 
 def check_same_config(saved: dict, cfg: Config, where: Path) -> None:
@@ -231,50 +247,78 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
     train_loss, tokens_per_step = None, t.batch_size * t.grad_accum * cfg.model.seq_len
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    pending: list[_Pending] = []  # steps since the last host read; their losses and norms are still on the device
+
+    def read_interval() -> tuple[int, float] | None:
+        """The interval's one host read: a metrics row per pending step; (step, loss) of the first
+        non-finite loss, if any (the steps after it are not recorded)."""
+        nonlocal train_loss
+        losses = dist.sum(torch.stack([p.loss for p in pending])) / t.grad_accum  # every rank's micro-batches
+        values = torch.cat([losses] + [p.norms for p in pending]).tolist()  # the host sync
+        dt = (time.perf_counter() - t0) / len(pending)  # the read waited for the device, so this is its time
+        rest = iter(values[len(pending):])
+        for p, loss in zip(pending, values[:len(pending)]):
+            grad_norm, *group_norms = [next(rest) for _ in range(1 + len(p.norm_names))]
+            if not math.isfinite(loss):
+                metrics.append(step=p.step, tokens=p.tokens, split="train", loss=loss, lr=p.lr)
+                return p.step, loss
+            train_loss = loss
+            metrics.append(step=p.step, tokens=p.tokens, split="train", loss=loss, lr=p.lr, grad_norm=grad_norm,
+                           step_time_s=dt, tokens_per_s=tokens_per_step / dt, peak_mem_bytes=p.peak_mem_bytes,
+                           **{f"grad_norm_{k}": v for k, v in zip(p.norm_names, group_norms)})
+        if progress is not None:
+            progress.update(len(pending))
+            progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{pending[-1].lr:.2e}")
+        pending.clear()
+        return None
+
+    def due(every: int) -> bool:
+        return bool(every) and step % every == 0
+
+    t0 = time.perf_counter()
     while step < t.steps:
-        t0 = time.perf_counter()
+        # ---- the step: nothing in here waits for the device
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # float64, as the host sum it replaces
         for micro in micros:
             x, y = batches.train_batch(step, micro)
             with dist.no_sync(train_model, last=micro == micros[-1]):
                 with autocast():
-                    _, loss = train_model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                    loss = train_model(to_device(x, device), to_device(y, device))[1]  # the logits are not kept
                 (loss / len(micros)).backward()
-            loss_sum += loss.item()
-        train_loss = dist.sum(loss_sum) / t.grad_accum
-        if not math.isfinite(train_loss):
-            metrics.append(step=step + 1, tokens=tokens + tokens_per_step, split="train", loss=train_loss, lr=lr)
-            if dist.is_main:
-                metrics.flush()
-            run.write_status("diverged", step=step + 1, steps=t.steps, error=f"loss became {train_loss} at step {step + 1}")
-            run.log(f"diverged: loss became {train_loss} at step {step + 1}; last good checkpoint kept")
-            return RunResult("diverged", run.path, step + 1, train_loss, None)
-        group_norms = {f"grad_norm_{k}": v for k, v in dist.grad_norms(role_groups).items()}  # before clipping
-        grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))).item()
+            loss_sum += loss.detach()
+        norm_names, group_norms = dist.grad_norms(role_groups)  # before clipping
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        dt = time.perf_counter() - t0
         step, tokens = step + 1, tokens + tokens_per_step
-        metrics.append(step=step, tokens=tokens, split="train", loss=train_loss, lr=lr, grad_norm=grad_norm,
-                       step_time_s=dt, tokens_per_s=tokens_per_step / dt,
-                       peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes(),
-                       **group_norms)
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}")
+        pending.append(_Pending(step, tokens, lr, loss_sum, torch.cat([grad_norm.reshape(1), group_norms]).double(),
+                                norm_names, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes()))
+
+        # ---- host work only at interval boundaries, each starting with the interval's read. Every
+        # rank reaches the same boundaries; a single process may also stop at any step when asked.
+        stop_now = (t.stop_after and step >= t.stop_after) or (_STOP.is_set() and not dist.enabled)
+        if not (due(t.log_every) or due(t.eval_every) or due(t.diag_every) or due(t.checkpoint_every)
+                or stop_now or step == t.steps):
+            continue
+        bad = read_interval()
+        if bad is not None:  # found before any checkpoint after it is written: the last good one is kept
+            bad_step, bad_loss = bad
+            if dist.is_main:
+                metrics.flush()
+            run.write_status("diverged", step=bad_step, steps=t.steps, error=f"loss became {bad_loss} at step {bad_step}")
+            run.log(f"diverged: loss became {bad_loss} at step {bad_step}; last good checkpoint kept")
+            return RunResult("diverged", run.path, bad_step, bad_loss, None)
         halt = False
-        if (t.eval_every and step % t.eval_every == 0) or step == t.steps:
+        if due(t.eval_every) or step == t.steps:
             val = validate()
             run.log(f"step {step}/{t.steps}  train {train_loss:.4f}  val {val:.4f}", echo=progress is None)
             halt = on_validation is not None and bool(on_validation(step, val))
-        if (t.diag_every and step % t.diag_every == 0) or step == t.steps:
+        if due(t.diag_every) or step == t.steps:
             diagnose()
-        if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps:
+        if due(t.checkpoint_every) or step == t.steps:
             checkpoint()
             run.write_status("running", step=step, steps=t.steps)
         preempted = dist.any(_STOP.is_set() or halt)  # all ranks stop at the same step
@@ -284,12 +328,33 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
             why = "on_validation" if halt else "pre-emption signal" if preempted else "train.stop_after"
             run.log(f"stopped after step {step} ({why}); continue with --resume")
             return RunResult("stopped", run.path, step, train_loss, None)
+        t0 = time.perf_counter()  # the next interval's clock starts after validation and checkpoints
     if progress is not None:
         progress.close()
     val_loss = metrics.frame().query("split == 'val'")["loss"].iloc[-1]
     run.write_status("done", step=step, steps=t.steps, train_loss=train_loss, val_loss=float(val_loss))
     run.log(f"done: {run.path}  (train {train_loss:.4f}, val {val_loss:.4f})")
     return RunResult("done", run.path, step, train_loss, float(val_loss))
+
+
+@dataclass
+class _Pending:
+    """A trained step whose numbers have not been read to the host yet."""
+
+    step: int
+    tokens: int
+    lr: float
+    loss: torch.Tensor  # this rank's sum of micro-batch losses (float64, on the device)
+    norms: torch.Tensor  # the clipping norm, then one norm per parameter group (float64, on the device)
+    norm_names: list[str]
+    peak_mem_bytes: int  # allocator statistics are host-side: reading them does not wait for the device
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host batch on `device`; on CUDA through pinned memory, so the copy does not block the host."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _progress(cfg: Config, start: int):

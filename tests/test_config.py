@@ -80,3 +80,35 @@ def test_every_field_documented():
     for key in all_keys(Config()):
         line = next(l for l in text.splitlines() if l.startswith(key + " = "))
         assert len(line.split("# ", 1)[1]) > 10, key
+
+
+# Run ids published in results/ (runs/<preset>-<variant>-<hash>): pinned to their values before
+# train.log_every and train.recompute existed. A field that changes how a run executes, not
+# what it computes, must be left out of the hash, or every existing run would be renamed.
+PUBLISHED_HASHES = {
+    ("tiny", "identity"): "abffc6c9a1",
+    ("tiny", "mhc"): "495c342fd3",
+    ("small", "identity"): "ebde96242c",
+    ("small", "mhc"): "416ca92cbe",
+}
+
+
+@pytest.mark.parametrize("preset, variant", sorted(PUBLISHED_HASHES))
+def test_config_hash_of_existing_runs_is_unchanged(preset, variant):
+    cfg = apply_overrides(get_preset(preset), [f"variant.name={variant}"])
+    assert cfg.config_hash() == PUBLISHED_HASHES[preset, variant]
+
+
+def test_execution_only_fields_leave_the_hash_alone():
+    a, b = get_preset("small"), get_preset("small")
+    b.train.log_every, b.train.recompute, b.train.recompute_block = 1, True, 3
+    assert a.config_hash() == b.config_hash()
+
+
+@pytest.mark.parametrize("override, message", [("train.log_every=0", "train.log_every must be >= 1, got 0"),
+                                               ("train.log_every=-3", "train.log_every must be >= 1, got -3"),
+                                               ("train.recompute_block=-1", "train.recompute_block must be >= 0, got -1")])
+def test_bad_execution_fields_name_the_field(override, message):
+    cfg = apply_overrides(get_preset("tiny"), [override])
+    with pytest.raises(UserError, match=message):
+        cfg.validate()

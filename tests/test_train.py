@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.train import lr_at, train
+from harness.train import adamw_options, lr_at, make_optimizer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,3 +135,96 @@ def test_checkpoint_of_format_1_with_scalar_alphas_still_resumes_exactly(tiny_cf
     (a, _), (b, _) = train_losses(full.run_dir), train_losses(resumed.run_dir)
     assert resumed.status == "done" and (a.values == b.values).all()
     assert load_checkpoint(resumed.run_dir / "checkpoint.pt")["format_version"] == 2
+
+
+def test_host_reads_once_per_interval_change_no_number(tiny_cfg):
+    """log_every only changes when the host reads: same rows, losses and norms as reading every step."""
+    every = train(tiny_cfg("train.steps=12", "train.log_every=1", "run.name=every"))
+    batched = train(tiny_cfg("train.steps=12", "train.log_every=5", "run.name=batched"))
+    a = pd.read_parquet(every.run_dir / "metrics.parquet")
+    b = pd.read_parquet(batched.run_dir / "metrics.parquet")
+    assert list(a.columns) == list(b.columns) and list(a.step) == list(b.step)
+    norms = [c for c in a.columns if c.startswith("grad_norm")]
+    assert len(norms) > 3
+    for c in ["loss", "lr", *norms]:
+        assert ((a[c].values == b[c].values) | (a[c].isna().values & b[c].isna().values)).all(), c
+    tr = b[b.split == "train"].set_index("step")
+    # rows of one interval share its mean step time; intervals end at 5, 10 and the last step (12)
+    for steps in ([1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12]):
+        assert tr.loc[steps, "step_time_s"].nunique() == 1, steps
+    assert (tr.tokens_per_s * tr.step_time_s - 8 * 64).abs().max() < 1e-6
+
+
+def test_stop_and_resume_mid_interval_is_bitwise_identical(tiny_cfg):
+    opts = ("train.steps=17", "train.log_every=6", "train.checkpoint_every=4", "train.eval_every=8")
+    full = train(tiny_cfg(*opts, "run.name=full"))
+    part = train(tiny_cfg(*opts, "train.stop_after=9", "run.name=part"))  # 9: inside the interval 7..12
+    assert part.status == "stopped" and part.step == 9
+    assert list(train_losses(part.run_dir)[0].index) == list(range(1, 10))  # read before stopping
+    resumed = train(tiny_cfg(*opts, "run.name=part"), resume=True)
+    (a, av), (b, bv) = train_losses(full.run_dir), train_losses(resumed.run_dir)
+    assert list(b.index) == list(range(1, 18))
+    assert (a.values == b.values).all() and (av.values == bv.values).all()
+
+
+@pytest.mark.parametrize("checkpoint_every, kept", [(3, 3), (20, None)])
+def test_divergence_inside_an_interval_reports_its_exact_step(tiny_cfg, monkeypatch, checkpoint_every, kept):
+    """NaN at step 5 with reads every 10 steps: found at the next read, reported as step 5, and no
+    checkpoint written after step 4 (a checkpoint due at step 6 reads first and never happens)."""
+    from harness import model as model_mod
+
+    real_forward = model_mod.GPT.forward
+    calls = {"n": 0}
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = real_forward(self, idx, targets)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 5:
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(model_mod.GPT, "forward", poisoned)
+    result = train(tiny_cfg("train.log_every=10", f"train.checkpoint_every={checkpoint_every}", "train.eval_every=0"))
+    assert result.status == "diverged" and result.step == 5
+    status = json.loads((result.run_dir / "status.json").read_text())
+    assert status["status"] == "diverged" and status["step"] == 5 and "at step 5" in status["error"]
+    tr, _ = train_losses(result.run_dir)
+    assert list(tr.index) == [1, 2, 3, 4, 5] and pd.isna(tr.iloc[-1]) and tr.iloc[:-1].notna().all()
+    ckpt = result.run_dir / "checkpoint.pt"
+    assert (torch.load(ckpt, weights_only=True)["step"] if ckpt.exists() else None) == kept
+
+
+def test_fused_adamw_on_cuda_only():
+    assert adamw_options(torch.device("cuda")) == {"fused": True}
+    assert adamw_options(torch.device("cuda", 1)) == {"fused": True}
+    assert adamw_options(torch.device("cpu")) == {}  # CPU keeps the implementation its bitwise resume was tested with
+    model = torch.nn.Linear(3, 2)
+    model.no_decay_parameters = lambda: {id(model.bias)}
+    from harness.presets import get_preset
+
+    opt = make_optimizer(model, get_preset("tiny"))
+    assert all(not g["fused"] and not g["foreach"] for g in opt.param_groups)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_steps_do_not_synchronise_with_the_host(tiny_cfg):
+    """With CUDA's sync debug mode counting synchronising calls, twice the steps in one interval
+    costs no extra synchronisation: every sync is in the read, validation or checkpoint."""
+    import warnings
+
+    def syncs(steps: int) -> int:
+        cfg = tiny_cfg(f"train.steps={steps}", f"train.log_every={steps}", "train.eval_every=0", "train.diag_every=0",
+                       "train.checkpoint_every=0", "train.device=cuda", f"run.name=s{steps}")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train(cfg)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    syncs(2)  # warm-up: first-use allocations and library loads
+    assert syncs(4) == syncs(8)

@@ -57,13 +57,20 @@ class Mixing:
 
 
 class Residual(nn.Module):
-    """The residual connection around ONE sub-layer. Subclasses implement prepare/merge."""
+    """The residual connection around ONE sub-layer. Subclasses implement prepare/merge.
+
+    `recomputable` variants can have their prepare/merge maths recomputed in the backward
+    instead of stored (variants/recompute.py); the model turns it on by setting `recompute`.
+    """
+
+    recomputable = False  # identity stores nothing worth recomputing
 
     def __init__(self, cfg: VariantConfig, d_model: int, n_streams: int, index: int, n_sublayers: int):
         super().__init__()
         self.cfg, self.d_model, self.n, self.index, self.n_sublayers = cfg, d_model, n_streams, index, n_sublayers
         self.recording = False
         self.last: Mixing | None = None
+        self.recompute = None  # a variants.recompute.StreamRecompute shared by the model's residuals, or None
 
     def prepare(self, x: Tensor) -> tuple[Tensor, Mixing]:
         """Streams (B, T, n, C) -> branch input (B, T, C) and the coefficients merge will use."""
@@ -74,6 +81,8 @@ class Residual(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.recompute is not None and torch.is_grad_enabled():
+            return self.recompute(self, x, sublayer)
         h, mix = self.prepare(x)
         if self.recording:
             self.last = mix.detach()

@@ -71,6 +71,8 @@ def apply_merge(x: Tensor, y: Tensor, h_post: Tensor | None, h_res: Tensor | Non
 class StreamResidual(Residual):
     """prepare/merge around `coefficients(x) -> Mixing`; subclasses only compute coefficients."""
 
+    recomputable = True  # coefficients, pre-mix and merge: the mHC paper's recompute (variants/recompute.py)
+
     def __init__(self, cfg: VariantConfig, d_model: int, n_streams: int, index: int, n_sublayers: int):
         super().__init__(cfg, d_model, n_streams, index, n_sublayers)
         self.fixed = parse_fixed(cfg.fixed)
