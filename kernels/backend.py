@@ -35,13 +35,22 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
 def triton_version() -> str | None:
+    """The installed Triton's version, or None; read from the package metadata once, at import,
+    without importing Triton (slow), and a plain value torch.compile traces through."""
+    return _TRITON_VERSION
+
+
+def _installed(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        import triton
-    except Exception:  # not installed (e.g. macOS), or a broken install
+        return version(dist)
+    except PackageNotFoundError:
         return None
-    return triton.__version__
+
+
+_TRITON_VERSION = _installed("triton")
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
@@ -80,6 +89,35 @@ def dtype_reason(*tensors: torch.Tensor) -> str | None:
 def load(module: str):
     """Import kernels.<module> (the @triton.jit code) on first use."""
     return importlib.import_module(f"kernels.{module}")
+
+
+def kernel_op(name: str, fake):
+    """Register the decorated function as the custom op `mhc_bench::<name>` (torch.library).
+
+    To torch.compile a custom op is one opaque node with a known output shape (`fake` computes
+    it), so a compiled model calls the Triton kernels without graph breaks; autograd is attached
+    by the caller (`op.register_autograd`). On the meta device the op computes shapes only,
+    except inside `compile_only()`, where the kernels are built (the compile gate).
+    The function needs full type annotations (Optional[Tensor] for an absent input); a custom
+    op cannot return None, so an absent output is an empty tensor the caller maps back.
+    """
+
+    def register(fn):
+        op = torch.library.custom_op(f"mhc_bench::{name}", mutates_args=())(fn)
+        op.register_fake(fake)
+
+        def meta(*args, **kwargs):
+            return fn(*args, **kwargs) if _compile_only_sms is not None else fake(*args, **kwargs)
+
+        op.register_kernel("meta")(meta)
+        return op
+
+    return register
+
+
+def absent(like: torch.Tensor) -> torch.Tensor:
+    """What a custom op returns for an output that does not exist (see kernel_op)."""
+    return like.new_empty(0)
 
 
 def launcher(fn):

@@ -21,12 +21,12 @@ Coverage of the Triton path, and why the rest runs the reference:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from kernels.backend import load, resolve
+from kernels.backend import absent, kernel_op, load, resolve
 from kernels.sinkhorn import mode_reason
 from variants.sinkhorn import KERNEL_EPS, sinkhorn
 
@@ -70,59 +70,63 @@ def heads_reference(mix: Tensor | None, alphas: Sequence[Tensor] | None, biases:
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd wrapper
+# Custom ops around the kernels (one opaque node each for torch.compile), with their autograd.
+# The op takes α and b per column (alpha_w, bias_w: (W,)); the caller builds them from the
+# parameters with differentiable torch ops, so autograd sums the per-column dα back to each α.
 # ---------------------------------------------------------------------------------------------
-class HeadsFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, mix: Tensor, perms: Tensor | None, cfg: tuple, *params: Tensor):
-        n, learned, res_kind, iters, mode = cfg
-        k = len(learned)
-        alphas, biases = params[:k], params[k:]
-        widths = head_widths(n, learned, res_kind)
-        lead, W = mix.shape[:-1], mix.shape[-1]
-        mix2 = mix.reshape(-1, W).float().contiguous()
-        alpha_w = torch.cat([a.detach().float().reshape(1).expand(w) for a, w in zip(alphas, widths)]).contiguous()
-        bias_w = torch.cat([b.detach().float().flatten() for b in biases]).contiguous()
-        offsets, col = {}, 0
-        for name in MAPPINGS:
-            offsets[name] = -1
-            if name in learned:
-                offsets[name], col = col, col + widths[learned.index(name)]
-        perm2 = None if perms is None else perms.reshape(perms.shape[0], -1).float().contiguous()
-        kern = load("coefficients_triton")
-        pre, post, res, logits = kern.forward(mix2, alpha_w, bias_w, perm2, n, offsets, res_kind,
-                                              widths[-1] if "res" in learned else 0, iters, mode, KERNEL_EPS)
-        ctx.save_for_backward(mix2, alpha_w, bias_w, perm2)
-        ctx.cfg = (cfg, offsets, widths, lead, [(a.shape, a.dtype) for a in alphas], [(b.shape, b.dtype) for b in biases])
-        shape = lambda t, *tail: None if t is None else t.view(*lead, *tail)  # noqa: E731
-        outs = (shape(pre, n), shape(post, n), shape(res, n, n), shape(logits, n, n))
-        ctx.mark_non_differentiable(*[o for o in outs[3:] if o is not None])  # the logits are for diagnostics
-        return outs
+def _offsets(off_pre: int, off_post: int, off_res: int) -> dict:
+    return {"pre": off_pre, "post": off_post, "res": off_res}
 
-    @staticmethod
-    def backward(ctx, gpre, gpost, gres, _glogits):
-        mix2, alpha_w, bias_w, perm2 = ctx.saved_tensors
-        cfg, offsets, widths, lead, alpha_meta, bias_meta = ctx.cfg
-        n, learned, res_kind, iters, mode = cfg
-        T = mix2.shape[0]
 
-        def flat(g, name, *tail):
-            if offsets[name] < 0:
-                return None
-            if g is None:  # that output was not used: its gradient is zero
-                return torch.zeros((T, *tail), dtype=torch.float32, device=mix2.device)
-            return g.reshape(T, *tail).float().contiguous()
+def _heads_fake(mix, alpha_w, bias_w, perms, n, off_pre, off_post, off_res, res_kind, width_res, iters, mode):
+    T = mix.shape[0]
+    f32 = lambda *s: mix.new_empty((T, *s), dtype=torch.float32)  # noqa: E731
+    return (f32(n) if off_pre >= 0 else absent(mix), f32(n) if off_post >= 0 else absent(mix),
+            f32(n, n) if off_res >= 0 else absent(mix), f32(n, n) if off_res >= 0 and res_kind == "sinkhorn" else absent(mix))
 
-        dl = load("coefficients_triton").backward(
-            mix2, alpha_w, bias_w, perm2, flat(gpre, "pre", n), flat(gpost, "post", n), flat(gres, "res", n, n),
-            n, offsets, res_kind, widths[-1] if "res" in learned else 0, iters, mode, KERNEL_EPS)
-        dmix = (dl * alpha_w).view(*lead, -1)  # Eq. 16: dmix = α · dH̃
-        dalphas, dbiases = [], []
-        for name, (a_shape, a_dtype), (b_shape, b_dtype) in zip(learned, alpha_meta, bias_meta):
-            seg = slice(offsets[name], offsets[name] + widths[learned.index(name)])
-            dalphas.append((dl[:, seg] * mix2[:, seg]).sum().reshape(a_shape).to(a_dtype))
-            dbiases.append(dl[:, seg].sum(dim=0).reshape(b_shape).to(b_dtype))
-        return (dmix, None, None, *dalphas, *dbiases)
+
+@kernel_op("coefficient_heads", fake=_heads_fake)
+def heads_op(mix: Tensor, alpha_w: Tensor, bias_w: Tensor, perms: Optional[Tensor], n: int, off_pre: int, off_post: int,
+             off_res: int, res_kind: str, width_res: int, iters: int, mode: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """mix (T, W) fp32 contiguous -> H_pre (T, n), H_post (T, n), H_res (T, n, n), H_res logits (T, n, n);
+    an output of a fixed mapping (offset -1) is empty."""
+    outs = load("coefficients_triton").forward(mix, alpha_w, bias_w, perms, n, _offsets(off_pre, off_post, off_res),
+                                               res_kind, width_res, iters, mode, KERNEL_EPS)
+    return tuple(o if o is not None else absent(mix) for o in outs)
+
+
+@kernel_op("coefficient_heads_backward", fake=lambda mix, *args: torch.empty_like(mix))
+def heads_backward_op(mix: Tensor, alpha_w: Tensor, bias_w: Tensor, perms: Optional[Tensor], gpre: Optional[Tensor],
+                      gpost: Optional[Tensor], gres: Optional[Tensor], n: int, off_pre: int, off_post: int, off_res: int,
+                      res_kind: str, width_res: int, iters: int, mode: str) -> Tensor:
+    """-> dH̃ (T, W): the gradient of the logits α·mix + b of every learned column."""
+    return load("coefficients_triton").backward(mix, alpha_w, bias_w, perms, gpre, gpost, gres, n,
+                                                _offsets(off_pre, off_post, off_res), res_kind, width_res, iters,
+                                                mode, KERNEL_EPS)
+
+
+def _setup(ctx, inputs, output):
+    mix, alpha_w, bias_w, perms, *cfg = inputs
+    ctx.cfg = cfg
+    ctx.save_for_backward(mix, alpha_w, bias_w, perms)
+
+
+def _backward(ctx, gpre, gpost, gres, _glogits):
+    mix, alpha_w, bias_w, perms = ctx.saved_tensors
+    n, off_pre, off_post, off_res = ctx.cfg[:4]
+
+    def grad(g, offset, *shape):  # an output not used downstream has a zero gradient
+        if offset < 0:
+            return None
+        return torch.zeros((mix.shape[0], *shape), device=mix.device) if g is None else g.float().contiguous()
+
+    dl = heads_backward_op(mix, alpha_w, bias_w, perms, grad(gpre, off_pre, n), grad(gpost, off_post, n),
+                           grad(gres, off_res, n, n), *ctx.cfg)
+    # Eq. 16, H̃ = α·mix + b: dmix = α·dH̃, and per column dα = Σ_t dH̃·mix, db = Σ_t dH̃
+    return dl * alpha_w, (dl * mix).sum(dim=0), dl.sum(dim=0), None, *[None] * len(ctx.cfg)
+
+
+heads_op.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,6 +164,17 @@ def coefficient_heads(mix: Tensor | None, alphas: Sequence[Tensor] | None, biase
         return heads_reference(mix, alphas, biases, n=n, learned=learned, res_kind=res_kind, sk_iters=sk_iters,
                                sk_mode=sk_mode, sk_tol=sk_tol, sk_max_iters=sk_max_iters, perms=perms,
                                batch_shape=batch_shape)
-    cfg = (n, learned, res_kind, sk_iters, sk_mode)
-    outs = HeadsFunction.apply(mix, perms if res_kind == "perm" else None, cfg, *alphas, *biases)
-    return tuple(outs)
+    widths = head_widths(n, learned, res_kind)
+    offsets, col = dict.fromkeys(MAPPINGS, -1), 0
+    for name, w in zip(learned, widths):
+        offsets[name], col = col, col + w
+    lead, W = mix.shape[:-1], mix.shape[-1]
+    alpha_w = torch.cat([a.float().reshape(1).expand(w) for a, w in zip(alphas, widths)])
+    bias_w = torch.cat([b.float().flatten() for b in biases])
+    perm2 = None if res_kind != "perm" or perms is None else perms.reshape(perms.shape[0], -1).float().contiguous()
+    outs = heads_op(mix.reshape(-1, W).float().contiguous(), alpha_w, bias_w, perm2, n, offsets["pre"], offsets["post"],
+                    offsets["res"], res_kind, widths[-1] if "res" in learned else 0, sk_iters, sk_mode)
+    shapes = ((n,), (n,), (n, n), (n, n))
+    present = (offsets["pre"] >= 0, offsets["post"] >= 0, offsets["res"] >= 0, offsets["res"] >= 0 and res_kind == "sinkhorn")
+    pre, post, res, logits = (o.view(*lead, *s) if p else None for o, s, p in zip(outs, shapes, present))
+    return pre, post, res, None if logits is None else logits.detach()  # the logits are for diagnostics

@@ -11,10 +11,12 @@ dy = Σ_i H_post[i] g_i, and the C-sums dH_res = g x^T, dH_post = g y, in fp32.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from kernels.backend import dtype_reason, load, resolve
+from kernels.backend import absent, dtype_reason, kernel_op, load, resolve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -28,43 +30,37 @@ def post_res_reference(x: Tensor, y: Tensor, h_post: Tensor | None, h_res: Tenso
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd wrapper around the kernels
+# Custom ops around the kernels (one opaque node each for torch.compile), with their autograd
 # ---------------------------------------------------------------------------------------------
-def _flat(h: Tensor | None, lead, tail) -> Tensor | None:
-    return None if h is None else h.expand(*lead, *tail).reshape(-1, *tail).float()
+@kernel_op("post_res", fake=lambda x, y, post, res: torch.empty_like(x))
+def post_res_op(x: Tensor, y: Tensor, post: Optional[Tensor], res: Optional[Tensor]) -> Tensor:
+    """x (T, n, C), y (T, C) contiguous; post (T, n), res (T, n, n) fp32 or None (1, I) -> x'."""
+    return load("post_res_triton").forward(x, y, post, res)
 
 
-def _unflat(d: Tensor | None, meta, lead) -> Tensor | None:
-    if d is None or meta is None:
-        return None
-    shape, dtype = meta
-    d = d.view(*lead, *d.shape[1:]).to(dtype)
-    return d.sum_to_size(shape) if tuple(shape) != tuple(d.shape) else d
+def _backward_fake(x, y, post, res, g):
+    return (torch.empty_like(x), torch.empty_like(y), torch.empty_like(post) if post is not None else absent(x),
+            torch.empty_like(res) if res is not None else absent(x))
 
 
-class PostResFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, h_post: Tensor | None, h_res: Tensor | None) -> Tensor:
-        *lead, n, C = x.shape
-        x2 = x.reshape(-1, n, C).contiguous()
-        y2 = y.expand(*lead, C).reshape(-1, C).contiguous()
-        post, res = _flat(h_post, lead, (n,)), _flat(h_res, lead, (n, n))
-        out = load("post_res_triton").forward(x2, y2, post, res)
-        ctx.save_for_backward(x2, y2, post, res)
-        meta = lambda h: None if h is None else (h.shape, h.dtype)  # noqa: E731
-        ctx.meta = (x.shape, y.shape, meta(h_post), meta(h_res))
-        return out.view(x.shape)
+@kernel_op("post_res_backward", fake=_backward_fake)
+def post_res_backward_op(x: Tensor, y: Tensor, post: Optional[Tensor], res: Optional[Tensor],
+                         g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    dx, dy, dpost, dres = load("post_res_triton").backward(x, y, post, res, g)
+    return dx, dy, dpost if dpost is not None else absent(x), dres if dres is not None else absent(x)
 
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        x2, y2, post, res = ctx.saved_tensors
-        x_shape, y_shape, post_meta, res_meta = ctx.meta
-        lead = x_shape[:-2]
-        dx, dy, dpost, dres = load("post_res_triton").backward(x2, y2, post, res, g.reshape(x2.shape).contiguous())
-        dy = dy.view(*lead, x_shape[-1])
-        if tuple(dy.shape) != tuple(y_shape):
-            dy = dy.sum_to_size(y_shape)
-        return dx.view(x_shape), dy, _unflat(dpost, post_meta, lead), _unflat(dres, res_meta, lead)
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, g):
+    x, y, post, res = ctx.saved_tensors
+    dx, dy, dpost, dres = post_res_backward_op(x, y, post, res, g.contiguous())
+    return dx, dy, dpost if post is not None else None, dres if res is not None else None
+
+
+post_res_op.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,4 +70,8 @@ def post_res(x: Tensor, y: Tensor, h_post: Tensor | None, h_res: Tensor | None, 
     """x' = H_res·x + H_post^T·y (None = fixed 1 / I); backend: torch | triton | auto."""
     if resolve(backend, x.device, dtype_reason(x, y)) == "torch":
         return post_res_reference(x, y, h_post, h_res)
-    return PostResFunction.apply(x, y, h_post, h_res)
+    *lead, n, C = x.shape
+    flat = lambda h, *tail: None if h is None else h.expand(*lead, *tail).reshape(-1, *tail).float()  # noqa: E731
+    out = post_res_op(x.reshape(-1, n, C).contiguous(), y.expand(*lead, C).reshape(-1, C).contiguous(),
+                      flat(h_post, n), flat(h_res, n, n))  # autograd sums broadcast coefficients back
+    return out.view(x.shape)

@@ -11,10 +11,12 @@ to the stream dtype first.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from kernels.backend import dtype_reason, load, resolve
+from kernels.backend import absent, dtype_reason, kernel_op, load, resolve
 
 
 # ---------------------------------------------------------------------------------------------
@@ -27,31 +29,31 @@ def premix_reference(x: Tensor, h_pre: Tensor | None) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd wrapper around the kernels
+# Custom ops around the kernels (one opaque node each for torch.compile), with their autograd
 # ---------------------------------------------------------------------------------------------
-class PremixFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, h_pre: Tensor | None) -> Tensor:
-        *lead, n, C = x.shape
-        x2 = x.reshape(-1, n, C).contiguous()
-        w = None if h_pre is None else h_pre.expand(*lead, n).reshape(-1, n).float()
-        h = load("premix_triton").forward(x2, w)
-        ctx.save_for_backward(x2, w)
-        ctx.shapes = (x.shape, None if h_pre is None else (h_pre.shape, h_pre.dtype))
-        return h.view(*lead, C)
+@kernel_op("premix", fake=lambda x, w: x.new_empty((x.shape[0], x.shape[2])))
+def premix_op(x: Tensor, w: Optional[Tensor]) -> Tensor:
+    """x (T, n, C) contiguous, w (T, n) fp32 or None (1/n) -> h (T, C)."""
+    return load("premix_triton").forward(x, w)
 
-    @staticmethod
-    def backward(ctx, dh: Tensor):
-        x2, w = ctx.saved_tensors
-        x_shape, pre = ctx.shapes
-        dx, dw = load("premix_triton").backward(x2, w, dh.reshape(-1, x_shape[-1]).contiguous())
-        dpre = None
-        if pre is not None and ctx.needs_input_grad[1]:
-            shape, dtype = pre
-            dpre = dw.view(*x_shape[:-1]).to(dtype)
-            if tuple(shape) != tuple(x_shape[:-1]):  # H_pre was broadcast: sum the gradient back
-                dpre = dpre.sum_to_size(shape)
-        return dx.view(x_shape), dpre
+
+@kernel_op("premix_backward", fake=lambda x, w, dh: (torch.empty_like(x), torch.empty_like(w) if w is not None else absent(x)))
+def premix_backward_op(x: Tensor, w: Optional[Tensor], dh: Tensor) -> tuple[Tensor, Tensor]:
+    dx, dw = load("premix_triton").backward(x, w, dh)
+    return dx, dw if dw is not None else absent(x)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, dh):
+    x, w = ctx.saved_tensors
+    dx, dw = premix_backward_op(x, w, dh.contiguous())
+    return dx, dw if w is not None else None
+
+
+premix_op.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,4 +63,6 @@ def premix(x: Tensor, h_pre: Tensor | None, backend: str = "torch") -> Tensor:
     """h = Σ_i H_pre[i] x_i over the stream dim (-2); backend: torch | triton | auto."""
     if resolve(backend, x.device, dtype_reason(x)) == "torch":
         return premix_reference(x, h_pre)
-    return PremixFunction.apply(x, h_pre)
+    *lead, n, C = x.shape
+    w = None if h_pre is None else h_pre.expand(*lead, n).reshape(-1, n).float()  # autograd sums a broadcast back
+    return premix_op(x.reshape(-1, n, C).contiguous(), w).view(*lead, C)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.backend import dtype_reason, load, resolve
+from kernels.backend import dtype_reason, kernel_op, load, resolve
 from kernels.precision import tf32_round
 from variants.sinkhorn import compute_dtype
 
@@ -32,28 +32,36 @@ def project_reference(x: Tensor, phi: Tensor, eps: float) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd wrapper
+# Custom ops around the kernels (one opaque node each for torch.compile), with their autograd
 # ---------------------------------------------------------------------------------------------
-class ProjectFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, phi: Tensor, eps: float, precision: str) -> Tensor:
-        *lead, K = x.shape
-        x2 = x.reshape(-1, K).contiguous()
-        phi32 = phi.float().contiguous()
-        if precision == "tf32":  # round to nearest here: the tensor core would truncate (kernels/precision.py)
-            phi32 = tf32_round(phi32)
-        mix, inv_r = load("project_triton").forward(x2, phi32, eps, precision)
-        ctx.save_for_backward(x2, phi32, mix, inv_r)
-        ctx.cfg = (x.shape, phi.dtype, precision)
-        return mix.view(*lead, phi.shape[1])
+def _fake(x, phi, eps, precision):
+    return x.new_empty((x.shape[0], phi.shape[1]), dtype=torch.float32), x.new_empty(x.shape[0], dtype=torch.float32)
 
-    @staticmethod
-    def backward(ctx, dmix: Tensor):
-        x2, phi32, mix, inv_r = ctx.saved_tensors
-        x_shape, phi_dtype, precision = ctx.cfg
-        dmix = dmix.reshape(mix.shape).float().contiguous()
-        dx, dphi = load("project_triton").backward(x2, phi32, mix, inv_r, dmix, precision)
-        return dx.view(x_shape), dphi.to(phi_dtype), None, None
+
+@kernel_op("project", fake=_fake)
+def project_op(x: Tensor, phi: Tensor, eps: float, precision: str) -> tuple[Tensor, Tensor]:
+    """x (R, K) contiguous, φ (K, W) fp32 contiguous -> mix (R, W) fp32, inv_r (R,) fp32."""
+    return load("project_triton").forward(x, phi, eps, precision)
+
+
+@kernel_op("project_backward", fake=lambda x, phi, mix, inv_r, dmix, precision: (torch.empty_like(x), torch.empty_like(phi)))
+def project_backward_op(x: Tensor, phi: Tensor, mix: Tensor, inv_r: Tensor, dmix: Tensor,
+                        precision: str) -> tuple[Tensor, Tensor]:
+    return load("project_triton").backward(x, phi, mix, inv_r, dmix, precision)
+
+
+def _setup(ctx, inputs, output):
+    x, phi, _, ctx.precision = inputs
+    ctx.save_for_backward(x, phi, *output)
+
+
+def _backward(ctx, dmix, _dinv_r):
+    x, phi, mix, inv_r = ctx.saved_tensors
+    dx, dphi = project_backward_op(x, phi, mix, inv_r, dmix.float().contiguous(), ctx.precision)
+    return dx, dphi, None, None
+
+
+project_op.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,4 +81,9 @@ def project(x: Tensor, phi: Tensor, eps: float, backend: str = "torch", precisio
     why = dtype_reason(x) or width_reason(phi.shape[1])
     if resolve(backend, x.device, why) == "torch":
         return project_reference(x, phi, eps)
-    return ProjectFunction.apply(x, phi, eps, precision)
+    *lead, K = x.shape
+    phi32 = phi.float()
+    if precision == "tf32":  # round to nearest here, the tensor cores would truncate (kernels/precision.py);
+        phi32 = phi32 + (tf32_round(phi32) - phi32).detach()  # the gradient passes straight through
+    mix, _ = project_op(x.reshape(-1, K).contiguous(), phi32.contiguous(), eps, precision)
+    return mix.view(*lead, phi.shape[1])

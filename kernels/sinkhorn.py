@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.backend import load, resolve
+from kernels.backend import kernel_op, load, resolve
 from variants.sinkhorn import KERNEL_EPS
 from variants.sinkhorn import sinkhorn as sinkhorn_reference
 
@@ -32,22 +32,28 @@ def mode_reason(mode: str, iters: int) -> str | None:
     return None
 
 
-class SinkhornFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, iters: int, mode: str) -> Tensor:
-        *lead, n, _ = logits.shape
-        L = logits.reshape(-1, n, n).float().contiguous()
-        out = load("sinkhorn_triton").forward(L, iters, mode, KERNEL_EPS)
-        ctx.save_for_backward(L)  # only the logits: the iterates are recomputed in backward
-        ctx.cfg = (iters, mode, logits.shape, logits.dtype)
-        return out.view(*lead, n, n)
+@kernel_op("sinkhorn", fake=lambda L, iters, mode: torch.empty_like(L))
+def sinkhorn_op(L: Tensor, iters: int, mode: str) -> Tensor:
+    """L (T, n, n) fp32 contiguous logits -> H_res (T, n, n) fp32."""
+    return load("sinkhorn_triton").forward(L, iters, mode, KERNEL_EPS)
 
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        (L,) = ctx.saved_tensors
-        iters, mode, shape, dtype = ctx.cfg
-        dL = load("sinkhorn_triton").backward(L, g.reshape(L.shape).float().contiguous(), iters, mode, KERNEL_EPS)
-        return dL.view(shape).to(dtype), None, None
+
+@kernel_op("sinkhorn_backward", fake=lambda L, G, iters, mode: torch.empty_like(L))
+def sinkhorn_backward_op(L: Tensor, G: Tensor, iters: int, mode: str) -> Tensor:
+    return load("sinkhorn_triton").backward(L, G, iters, mode, KERNEL_EPS)
+
+
+def _setup(ctx, inputs, output):
+    L, ctx.iters, ctx.mode = inputs
+    ctx.save_for_backward(L)  # only the logits: the iterates are recomputed in backward
+
+
+def _backward(ctx, g):
+    (L,) = ctx.saved_tensors
+    return sinkhorn_backward_op(L, g.float().contiguous(), ctx.iters, ctx.mode), None, None
+
+
+sinkhorn_op.register_autograd(_backward, setup_context=_setup)
 
 
 def sinkhorn(logits: Tensor, iters: int = 20, mode: str = "paper", backend: str = "torch") -> Tensor:
@@ -57,4 +63,5 @@ def sinkhorn(logits: Tensor, iters: int = 20, mode: str = "paper", backend: str 
         why = "float64 logits (gradcheck) run the reference"
     if resolve(backend, logits.device, why) == "torch":
         return sinkhorn_reference(logits, iters, mode)
-    return SinkhornFunction.apply(logits, iters, mode)
+    n = logits.shape[-1]
+    return sinkhorn_op(logits.reshape(-1, n, n).float().contiguous(), iters, mode).view(logits.shape)

@@ -126,7 +126,7 @@ class HCResidual(StreamResidual):
         if self.dynamic and self.learned:
             # x̃_i θ for all heads at once: θ_pre | θ_post | θ_res side by side, C -> (1 | 1 | n)
             theta = torch.cat([getattr(self, f"theta_{name}").to(dt) for name in self.learned], dim=1)
-            xt = project(x, theta, NORM_EPS, self.backend)  # RMSNorm per stream, then θ: (B, T, n, W)
+            xt = project(x, theta, NORM_EPS, self.backend, self.cfg.precision)  # RMSNorm per stream, then θ: (B, T, n, W)
             widths = [getattr(self, f"theta_{name}").shape[1] for name in self.learned]
             proj = dict(zip(self.learned, xt.split(widths, dim=-1)))
 

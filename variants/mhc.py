@@ -89,7 +89,7 @@ class MHCResidual(StreamResidual):
         B, T = x.shape[:2]
         mix = None
         if self.dynamic and self.learned:
-            mix = project(x.flatten(-2), self.phi, NORM_EPS, self.backend)  # Eq. 14-15: RMSNorm(x⃗) φ, (B, T, W)
+            mix = project(x.flatten(-2), self.phi, NORM_EPS, self.backend, self.cfg.precision)  # Eq. 14-15: RMSNorm(x⃗) φ, (B, T, W)
         alphas = [getattr(self, f"alpha_{m}").to(dt) for m in self.learned] if mix is not None else None
         biases = [getattr(self, f"bias_{m}").to(dt) for m in self.learned]
         c = self.cfg
