@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-runs smoke cluster-up cluster-down
+.PHONY: demo test install clean-runs smoke cluster-up cluster-down gpu-check gpu-bundle
 
 install: $(STAMP)
 
@@ -34,3 +34,16 @@ cluster-up:
 
 cluster-down:
 	bash slurm/cluster.sh down
+
+# On a GPU machine, from a plain checkout with that machine's own Python (no venv, no install):
+# kernel tests on CUDA, tf32 accuracy, `bench kernels` and `bench model` at gpt-s, <= ~8 min
+# (harness/gpu_check.py; results in $OUT or runs/gpu-check/). `make gpu-bundle` first, here,
+# puts Liger-Kernel's wheel and a few corpus shards where the run can use them offline.
+gpu-check:
+	PYTHONPATH=. $(PYTHON) -m harness.gpu_check
+
+gpu-bundle: $(STAMP)
+	mkdir -p .gpu-wheels .gpu-data/corpus/wikipedia_en_2015
+	$(BIN)/python -m pip download --quiet --no-deps -c constraints.txt liger-kernel -d .gpu-wheels
+	cp ../shared/data/corpus/wikipedia_en_2015/wiki_0[0-3].gz ../shared/data/corpus/wikipedia_en_2015/wiki_4[89].gz \
+	   .gpu-data/corpus/wikipedia_en_2015/

@@ -128,7 +128,7 @@ def launcher(fn):
     old, a compile error, too little shared memory) becomes one UserError naming the kernel
     and the cause, instead of a compiler traceback in the middle of a training step.
     """
-    kernel = f"{fn.__module__.removeprefix('kernels.')}.{fn.__name__}"
+    kernel = f"{fn.__name__} kernel of {fn.__module__.replace('.', '/')}.py"
 
     @functools.wraps(fn)
     def wrapped(first, *args, **kwargs):
@@ -140,7 +140,7 @@ def launcher(fn):
         except Exception as e:
             if not _raised_by_triton(e):
                 raise
-            raise UserError(f"backend=triton: kernel {kernel} cannot be built or launched here: {_first_line(e)}; "
+            raise UserError(f"backend=triton: the {kernel} cannot be built or launched here: {_first_line(e)}; "
                             "use variant.backend=torch (or auto)") from e
 
     return wrapped
