@@ -21,8 +21,10 @@ counting) / median time, and its fraction of the device copy bandwidth (read + w
 at the start of the same run. Peers compute their own conventions (Liger: kernel-order
 Sinkhorn, HC power-of-2 only; hyper-connections: per-stream norms and projections, Sinkhorn
 with columns exact, see variants/peers.py), so only their times are comparable, not their
-outputs. A provider that cannot run a case gets one row with metric 'skipped' and the reason
-in `note`, so the table is complete by construction.
+outputs. Precision is matched: our projection runs tf32 tensor cores by default (--precision),
+and Liger's coefficient op, given fp32 φ, takes its tf32 path too. A provider that cannot run
+a case gets one row with metric 'skipped' and the reason in `note`, so the table is complete
+by construction.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def build(op: str, provider: str, shape: Shape, device: torch.device, sk_iters: 
             raise Skip(f"{note}: no stand-alone {op} op (fused inside its coefficient op)")
         if shape.n & (shape.n - 1):
             raise Skip(f"{note}: needs a power-of-2 stream count (tl.arange(0, HC)), got n = {shape.n}")
-        return ops[op], [], note + " (kernel-order Sinkhorn)"
+        return ops[op], [], note + " (kernel-order Sinkhorn; fp32 phi: its tf32 projection, like ours at --precision tf32)"
     if provider == "hyper-connections":
         if op != "connection":
             raise Skip("hyper-connections has only the whole connection (no separate ops)")
@@ -339,7 +341,7 @@ def device_name(device: torch.device) -> str:
 
 
 def run(ops, providers, shapes, modes, dtype: torch.dtype, device: torch.device, quick: bool = False,
-        sk_iters: int = 20, precision: str = "ieee", interpreter: bool = False, log=print) -> "pd.DataFrame":
+        sk_iters: int = 20, precision: str = "tf32", interpreter: bool = False, log=print) -> "pd.DataFrame":
     import pandas as pd
 
     vers = versions()

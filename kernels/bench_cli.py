@@ -30,7 +30,9 @@ def register(sub) -> None:
                    help=f"comma-separated TOKENSxCxN (default on CUDA: {GPU_SHAPES}; smaller on a CPU)")
     p.add_argument("--dtype", default="auto", help="stream dtype: auto (bf16 on CUDA, fp32 on a CPU), fp32, bf16, fp16")
     p.add_argument("--sk-iters", type=int, default=20, help="Sinkhorn rounds (default 20, the paper's t_max)")
-    p.add_argument("--precision", default="ieee", help="input precision of the projection kernel's dots: ieee, tf32, tf32x3")
+    p.add_argument("--precision", default="tf32",
+                   help="the projection kernel's dots: tf32 (default, tensor cores, as the variants and the paper; Liger's "
+                        "fp32-phi path is tf32 too), tf32x3, ieee")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--quick", action="store_true", help="CPU smoke run: tiny shapes, few repetitions, no torch.compile")
     p.add_argument("--triton-interpreter", action="store_true",
