@@ -65,11 +65,23 @@ def main(args) -> int:
         if "--static" in sys.argv else "mhc-bench bench kernels --static"
     out = Path(args.out) if args.out else Path(args.runs_dir) / "bench" / f"kernels-static-{now().replace(':', '')}.parquet"
     write_parquet(out, long_table(records, versions))
-    page = markdown(records, failures, not_covered, command.strip(), versions)
+    page = markdown(records, failures, not_covered, command.strip(), versions) + "\n" + _accuracy_section(shapes)
     write_text(out.with_suffix(".md"), page)
     print(page[page.index("## Targets"):] if "## Targets" in page else "")
     print(f"table: {out}\nreport: {out.with_suffix('.md')}")
     return 0 if ok else 1
+
+
+def _accuracy_section(shapes: str) -> str:
+    """The tf32 projection against fp64 at the report's (n, C), emulated bit for bit on the CPU."""
+    from kernels import precision
+
+    nc = list(dict.fromkeys((int(n), int(C)) for _, n, C in (s.split("x") for s in shapes.split(","))))
+    return ("## x·φ on tf32 tensor cores: accuracy against fp64\n\n"
+            "Emulated on the CPU bit for bit (kernels/precision.py: φ rounded to nearest tf32 by the op, an fp32 "
+            "stream truncated by the tensor core, a bf16 stream exact), 256 random tokens, α and b at the "
+            "trained-looking scale `bench kernels` uses; measured on a GPU by `make gpu-check`.\n\n"
+            + precision.markdown(precision.table(nc)) + "\n")
 
 
 def _versions() -> dict:
