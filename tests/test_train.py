@@ -75,7 +75,8 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
     assert (a.values == b.values).all() and (av.values == bv.values).all()
 
 
-def test_nan_loss_stops_cleanly_as_diverged(tiny_cfg, monkeypatch):
+def nan_loss_from_step(monkeypatch, step: int) -> None:
+    """From the `step`-th training forward on (1-based), the loss is NaN."""
     from harness import model as model_mod
 
     real_forward = model_mod.GPT.forward
@@ -85,11 +86,15 @@ def test_nan_loss_stops_cleanly_as_diverged(tiny_cfg, monkeypatch):
         logits, loss = real_forward(self, idx, targets)
         if self.training:
             calls["n"] += 1
-            if calls["n"] >= 5:
+            if calls["n"] >= step:
                 loss = loss * float("nan")
         return logits, loss
 
     monkeypatch.setattr(model_mod.GPT, "forward", poisoned)
+
+
+def test_nan_loss_stops_cleanly_as_diverged(tiny_cfg, monkeypatch):
+    nan_loss_from_step(monkeypatch, 5)
     result = train(tiny_cfg("train.checkpoint_every=2"))
     assert result.status == "diverged" and result.step == 5
     status = json.loads((result.run_dir / "status.json").read_text())
@@ -171,20 +176,7 @@ def test_stop_and_resume_mid_interval_is_bitwise_identical(tiny_cfg):
 def test_divergence_inside_an_interval_reports_its_exact_step(tiny_cfg, monkeypatch, checkpoint_every, kept):
     """NaN at step 5 with reads every 10 steps: found at the next read, reported as step 5, and no
     checkpoint written after step 4 (a checkpoint due at step 6 reads first and never happens)."""
-    from harness import model as model_mod
-
-    real_forward = model_mod.GPT.forward
-    calls = {"n": 0}
-
-    def poisoned(self, idx, targets=None):
-        logits, loss = real_forward(self, idx, targets)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] >= 5:
-                loss = loss * float("nan")
-        return logits, loss
-
-    monkeypatch.setattr(model_mod.GPT, "forward", poisoned)
+    nan_loss_from_step(monkeypatch, 5)
     result = train(tiny_cfg("train.log_every=10", f"train.checkpoint_every={checkpoint_every}", "train.eval_every=0"))
     assert result.status == "diverged" and result.step == 5
     status = json.loads((result.run_dir / "status.json").read_text())
