@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -57,7 +58,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on `device` in this process (None = they can)."""
     if triton_version() is None:
         return "Triton is not installed"
-    if device.type == "cuda" or interpreting() or _compile_only_sms is not None:
+    if device.type == "cuda" or interpreting() or building_for_meta() is not None:
         return None
     return (f"the Triton kernels need a CUDA device (tensors are on {device.type}); on a CPU they only "
             "run under the slow interpreter, with TRITON_INTERPRET=1 set before start-up")
@@ -107,7 +108,7 @@ def kernel_op(name: str, fake):
         op.register_fake(fake)
 
         def meta(*args, **kwargs):
-            return fn(*args, **kwargs) if _compile_only_sms is not None else fake(*args, **kwargs)
+            return fn(*args, **kwargs) if building_for_meta() is not None else fake(*args, **kwargs)
 
         op.register_kernel("meta")(meta)
         return op
@@ -176,12 +177,33 @@ def sm_count(device: torch.device) -> int:
     """
     if device.type == "cuda":
         return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return _compile_only_sms or 1
+    return building_for_meta() or 1
 
 
 @functools.lru_cache(maxsize=None)
 def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def building_for_meta() -> int | None:
+    """The SM count of the GPU the kernels are being built for on meta tensors, or None.
+
+    Inside `compile_only()`, or while a Triton driver that launches on the meta device is active
+    (a compile-audit tool's fake GPU, e.g. ../shared/tools/compile_sm90.py): the custom ops then
+    build and "launch" their kernels on meta tensors instead of only computing shapes.
+    """
+    if _compile_only_sms is not None:
+        return _compile_only_sms
+    triton = sys.modules.get("triton")
+    active = getattr(getattr(getattr(triton, "runtime", None), "driver", None), "_active", None)
+    if active is None:
+        return None
+    try:
+        if active.get_active_torch_device().type != "meta":
+            return None
+        return int(active.utils.get_device_properties(0)["multiprocessor_count"])
+    except Exception:  # a driver without these (not a fake GPU)
+        return None
 
 
 @contextmanager

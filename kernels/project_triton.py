@@ -89,16 +89,23 @@ def _project_bwd(x_ptr, phi_ptr, dp_ptr, coef_ptr, dx_ptr, dphi_ptr, R, K, W, ro
 # ---------------------------------------------------------------------------------------------
 # Launchers
 # ---------------------------------------------------------------------------------------------
-def _blocks(R: int, K: int, W: int, elem: int, backward: bool) -> tuple[int, int, int, int]:
+def _blocks(R: int, K: int, W: int, elem: int, backward: bool, precision: str) -> tuple[int, int, int, int]:
     """(BLOCK_R, BLOCK_K, W_PAD, num_warps); tl.dot needs every dim >= 16, and Hopper's
-    warp-group MMA 64 rows per 4 warps. The (BLOCK_R, W_PAD) fp32 accumulator and an fp32
-    (BLOCK_R, BLOCK_K) tile of x must fit the registers with room to spare (no spills on
-    sm_90a or sm_100a: the compile gate checks)."""
+    warp-group MMA 64 rows per 4 warps. The fp32 accumulators ((BLOCK_R, W_PAD) forward; dx's
+    (BLOCK_R, BLOCK_K) and dφ's (BLOCK_K, W_PAD) backward) and an fp32 tile of x must fit the
+    registers with room to spare: no spills on sm_90a or sm_100a at any precision (the compile
+    gate checks). tf32x3 keeps three products' operands live, and ieee (fp32 FMA, no tensor
+    cores) holds the dot's operands broadcast in registers, so their backward tiles are smaller."""
     w_pad = max(16, next_pow2(W))
     if interpreting():
         return max(16, min(next_pow2(R), 64)), max(16, min(next_pow2(K), 512)), w_pad, 1
     bk = 64 if w_pad <= 64 and (elem < 4 or backward) else 32
-    return 64, bk, w_pad, 8 if w_pad >= 128 else 4
+    if backward and precision != "tf32":
+        bk = 32 if w_pad <= 64 else 16
+    br = 64
+    if backward and precision != "tf32":
+        br = 32 if w_pad <= 64 else 16
+    return br, bk, w_pad, 8 if w_pad >= 128 or (backward and precision == "tf32x3") else 4
 
 
 @launcher
@@ -110,7 +117,7 @@ def forward(x: torch.Tensor, phi: torch.Tensor, eps: float, precision: str) -> t
     inv_r = empty((R,), torch.float32, x.device)
     if R == 0:
         return mix, inv_r
-    br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), backward=False)
+    br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), False, precision)
     row_blocks, k_steps = triton.cdiv(R, br), triton.cdiv(K, bk)
     # split K when the rows alone give fewer than two programs per SM, keeping >= 4 K steps each
     splits = 1 if interpreting() else max(1, min(triton.cdiv(2 * sm_count(x.device), row_blocks), k_steps // 4))
@@ -140,7 +147,7 @@ def backward(x, phi, mix, inv_r, dmix, precision: str) -> tuple[torch.Tensor, to
     if precision == "tf32":  # round to nearest: the tensor core would truncate (kernels/precision.py)
         dp = tf32_round(dp)
     coef = (-(dmix * mix).sum(dim=1) * inv_r.square() / K).contiguous()
-    br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), backward=True)
+    br, bk, w_pad, warps = _blocks(R, K, W, x.element_size(), True, precision)
     k_blocks = triton.cdiv(K, bk)
     row_blocks = triton.cdiv(R, br)
     # about two programs per SM (more would only add a partial wave at this kernel's occupancy)

@@ -24,7 +24,10 @@ VARIANT_KINDS = {
     "mhc": dict(name="mhc"),  # RMSNorm(x⃗)φ, σ / 2σ heads, Sinkhorn k = 20 (paper order)
     "mhc-sk-kernel": dict(name="mhc", sk_mode="kernel"),  # the other Sinkhorn convention
     "mhc-lite": dict(name="mhc-lite"),  # softmax over the n! permutations (n <= 5)
+    "mhc-ieee": dict(name="mhc", precision="ieee"),  # the projection on fp32 FMA units instead of tensor cores
+    "mhc-tf32x3": dict(name="mhc", precision="tf32x3"),  # three tf32 products: ~fp32 accuracy on tensor cores
     "hc": dict(name="hc"),  # per-stream RMSNorm + θ projection, tanh in PyTorch
+    "hc-ieee": dict(name="hc", precision="ieee"),
     "mhc-fixed-res": dict(name="mhc", fixed="res"),  # H_res = I: heads without Sinkhorn
     "mhc-fixed-pre-post": dict(name="mhc", fixed="pre,post"),  # H_pre = 1/n, H_post = 1
 }
