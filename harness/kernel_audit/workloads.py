@@ -31,6 +31,7 @@ VARIANT_KINDS = {
     "mhc-fixed-res": dict(name="mhc", fixed="res"),  # H_res = I: heads without Sinkhorn
     "mhc-fixed-pre-post": dict(name="mhc", fixed="pre,post"),  # H_pre = 1/n, H_post = 1
 }
+NON_DEFAULT = ("mhc-ieee", "mhc-tf32x3", "hc-ieee")  # built and gated for spills; the targets are the default's
 WORKLOADS = (*VARIANT_KINDS, "sinkhorn-op")  # + the stand-alone Sinkhorn op `bench kernels` times
 PEERS = ("liger",)  # Liger-Kernel's mHC ops (the `peers` extra), built the same way for the report
 SK_ITERS = 20
