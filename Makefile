@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean-runs smoke cluster-up cluster-down gpu-check gpu-bundle
+.PHONY: demo test lint install clean-runs smoke cluster-up cluster-down gpu-check gpu-bundle
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Static checks CI runs before the tests: pyflakes and import order (ruff).
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 clean-runs:
 	rm -rf runs

@@ -41,14 +41,25 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from harness.config import Config, apply_overrides
 from harness.errors import UserError, did_you_mean
-from variants.peers import DEFAULT_N_STREAMS, PACKAGE, PEERS, PeerUnavailable, build_peer, package_version
+from variants.peers import (
+    DEFAULT_N_STREAMS,
+    PACKAGE,
+    PEERS,
+    PeerUnavailable,
+    build_peer,
+    package_version,
+)
 
 DEFAULT_VARIANTS = ("identity", "hc", "mhc", "mhc-lite")
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -317,7 +328,11 @@ HC_PUBLISHED_ACT_RATIO = 1.26  # HC paper: activation memory +26% over the plain
 
 def activation_rows(cases, steppers, skipped, device, vocab, rows, log) -> list[dict]:
     """act_bytes_per_token (without / with train.recompute) per case; see the module doc."""
-    from harness.activation_memory import bytes_per_token, measure, measure_in_subprocess
+    from harness.activation_memory import (
+        bytes_per_token,
+        measure,
+        measure_in_subprocess,
+    )
     from harness.train import autocast_context
     from kernels.backend import triton_unavailable_reason
 

@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="destination root (default results)")
     p.set_defaults(func=cmd_publish)
 
-    from harness.eval import register as register_eval
     from harness.demo import register as register_demo
+    from harness.eval import register as register_eval
     from slurm.cli import register as register_grid
 
     register_eval(sub)

@@ -10,7 +10,6 @@ evals.parquet already has the demo's tasks, and the benchmark table is kept once
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 

@@ -75,7 +75,10 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
 
     A collective: every rank must call it. Rank 0 gets the dicts, the others (None, None).
     """
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     opts = _options(cpu_offload=True)
     model_state = get_model_state_dict(model, options=opts)
@@ -92,7 +95,10 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
     """Load a consolidated (single-process format) checkpoint into the sharded model/optimiser."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     name = {i: n for n, i in _index_of_name(model, optimizer).items()}
     by_name = {

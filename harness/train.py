@@ -27,13 +27,13 @@ from pathlib import Path
 import torch
 
 from harness import distributed
+from harness.atomic import write_json
 from harness.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from harness.config import Config, from_dict
 from harness.diagnostics import DIAGNOSTICS_NAME, diagnostics_rows
 from harness.errors import UserError
 from harness.fsdp import full
 from harness.rundir import MetricsLog, RunDir, environment
-from harness.atomic import write_json
 
 
 @dataclass

@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -53,6 +54,9 @@ NORM_EPS = 1e-6
 GPU_SHAPES = "16384x4096x4,16384x4096x2,16384x4096x8,16384x2048x4,1x4096x4"
 CPU_SHAPES = "2048x512x4,2048x512x8,512x1024x4,1x512x4"
 QUICK_SHAPES = "64x40x4,1x37x3"
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,11 @@ def _mhc_ops(backend: str, sk_iters: int, precision: str):
 def _liger_ops(sk_iters: int):
     try:
         import liger_kernel
-        from liger_kernel.ops.mhc import LigerMHCCoeffsFunction, LigerMHCPostResFunction, LigerMHCPreFunction
+        from liger_kernel.ops.mhc import (
+            LigerMHCCoeffsFunction,
+            LigerMHCPostResFunction,
+            LigerMHCPreFunction,
+        )
     except Exception as e:  # not installed, or a version without mHC ops
         raise Skip(f"liger_kernel mHC ops not importable ({type(e).__name__}: {e})") from None
     version = getattr(liger_kernel, "__version__", "?")

@@ -14,8 +14,8 @@ import triton
 import triton.language as tl
 
 from kernels.backend import empty, launcher, next_pow2, token_tiles
-from kernels.tiles_triton import token_block
 from kernels.sinkhorn_triton import MODES, NEG, TINY, sk_backward, sk_chunk, sk_forward
+from kernels.tiles_triton import token_block
 
 
 @triton.jit

@@ -18,7 +18,6 @@ import argparse
 import json
 
 
-
 def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="grid file (TOML), e.g. slurm/grids/smoke.toml")
     p.add_argument("--preset", help="replace the grid's preset (e.g. gpt-s on GPUs); the experiment becomes <name>-<preset>")

@@ -2,7 +2,12 @@
 
 import torch
 
-from harness.activation_memory import bytes_per_token, count_saved_bytes, measure, measure_in_subprocess
+from harness.activation_memory import (
+    bytes_per_token,
+    count_saved_bytes,
+    measure,
+    measure_in_subprocess,
+)
 from harness.config import apply_overrides
 from harness.model import build_model
 from harness.presets import get_preset

@@ -12,7 +12,12 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from harness.errors import UserError  # noqa: E402
-from harness.eval.render import default_data_dir, lm_eval_tasks_dir, parse_cot_prompt, render_tasks  # noqa: E402
+from harness.eval.render import (  # noqa: E402
+    default_data_dir,
+    lm_eval_tasks_dir,
+    parse_cot_prompt,
+    render_tasks,
+)
 from harness.eval.suites import parse_tasks  # noqa: E402
 
 DATA = default_data_dir()

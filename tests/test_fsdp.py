@@ -8,9 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 import torch
+from grid_helpers import metrics, registered, train_reference, write
 
 from harness.checkpoint import load_checkpoint
-from grid_helpers import metrics, registered, train_reference, write
 
 pytestmark = pytest.mark.slow
 

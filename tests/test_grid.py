@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from grid_helpers import cli, metrics, registered, train_reference, write
 
 from harness.errors import UserError
 from slurm.grid import load_grid
-from grid_helpers import cli, metrics, registered, train_reference, write
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = ROOT / "slurm" / "grids"
@@ -209,7 +209,9 @@ def test_submit_only_trains_the_selected_runs_and_the_experiment_keeps_the_grid(
     assert rows == {"identity-seed=0": "pending", "identity-seed=1": "done", "mhc-n_streams=2-seed=0": "done", "mhc-n_streams=2-seed=1": "done"}
     code, out, _ = cli("submit", path, *args, "--cluster", "debug", "--only", "mhc-*")
     assert code == 0 and "nothing to submit: all 2 selected runs are done" in out
-    from harness.eval.table import make_table  # a table of the part trained says what is missing
+    from harness.eval.table import (
+        make_table,  # a table of the part trained says what is missing
+    )
 
     md, _ = make_table(tmp_path / "runs" / "t", "table1", formats=("md",))
     assert "Not started (1): identity-seed=0." in md
@@ -426,7 +428,9 @@ def test_status_and_collect_show_the_latest_version_of_an_edited_grid(tmp_path, 
     assert pd.read_parquet(exp / "runs.parquet")["train.steps"].tolist() == [3]
     cli("collect", exp, "--all")
     assert sorted(pd.read_parquet(exp / "runs.parquet")["train.steps"]) == [2, 3]
-    from harness.eval.table import make_table  # tables and reports take the latest version too
+    from harness.eval.table import (
+        make_table,  # tables and reports take the latest version too
+    )
 
     md, files = make_table(exp, "table1", formats=("md", "csv"))
     assert pd.read_csv(files["csv"])["runs"].tolist() == [1]

@@ -103,6 +103,7 @@ def test_training_with_recompute_is_bitwise_the_same_run(tiny_cfg):
 def test_recompute_under_two_processes_matches_a_single_plain_run(tmp_path, data_cache, parallel):
     """DDP's gradient hooks and FSDP's unshard/reshard around the rebuilt stream maths."""
     from grid_helpers import metrics, registered, train_reference, write
+
     from slurm.dispatch import Dispatcher, Resources, freeze_code
 
     body = f"""

@@ -17,7 +17,6 @@ from variants.sinkhorn import (
     stochasticity_gaps,
 )
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.single_thread
 
 

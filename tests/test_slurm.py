@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from grid_helpers import cli, metrics, submit_one, train_reference, write
 
 pytestmark = pytest.mark.slurm

@@ -16,7 +16,6 @@ GPT-2 small's 768 with 1024 tokens.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

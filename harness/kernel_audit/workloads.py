@@ -71,7 +71,7 @@ def run(workload: str, T: int, n: int, C: int, dtype: str) -> None:
 def run_liger(T: int, n: int, C: int, stream_dtype) -> None:
     """Liger-Kernel's whole mHC connection around an identity branch, as `bench kernels` times it
     (its coefficient op with fp32 φ, i.e. its tf32 path; pre-mix; post + residual)."""
-    from kernels.bench import Skip, _liger_ops, make_inputs, Shape
+    from kernels.bench import Shape, Skip, _liger_ops, make_inputs
 
     try:
         ops, _ = _liger_ops(SK_ITERS)
