@@ -133,18 +133,29 @@ def predicted_overhead(cfg: Config, n: int, identity_step_s: float, ceilings: di
 
 # ---------------------------------------------------------------------- cases
 def case_config(preset: str, variant: str, n: int, backend: str, d_model: int | None, overrides) -> Config:
-    """The preset with the overrides, then this case's variant, streams, backend and width."""
+    """The preset with the overrides, then this case's variant, streams, backend and width. A
+    variant option among the overrides (`--set variant.sk_iters=5`) applies to the variants that
+    have it; the others are benchmarked at their own settings."""
     from harness.presets import get_preset
+    from variants.options import option_fields, options_class
 
     cfg = get_preset(preset)
-    apply_overrides(cfg, overrides)
-    cfg.variant.name, cfg.variant.n_streams = variant, n if variant != "identity" else 0
+    own = option_fields(options_class(variant))
+    apply_overrides(cfg, [o for o in overrides or () if not _foreign_option(o, own)])
+    if cfg.variant.name != variant:
+        cfg.variant.name, cfg.variant.options = variant, {k: v for k, v in cfg.variant.options.items() if k in own}
+    cfg.variant.n_streams = n if variant != "identity" else 0
     cfg.variant.backend = "torch" if backend == "compile" else backend
     cfg.train.compile = backend == "compile"
     if d_model:
         cfg.model.d_model = d_model
     cfg.validate()
     return cfg
+
+
+def _foreign_option(override: str, own) -> bool:
+    key = override.split("=", 1)[0].strip()
+    return key.startswith("variant.") and key.removeprefix("variant.") not in (*own, "name", "n_streams", "backend")
 
 
 def build_cases(presets, variants, backends, widths, streams, overrides, peers=()) -> list[Case]:

@@ -107,10 +107,9 @@ def cmd_publish(args) -> int:
 
 
 def cmd_variants(args) -> int:
-    from variants.registry import REGISTRY
+    from variants.registry import describe_variants
 
-    for name, target in REGISTRY.items():
-        print(f"{name:12s} {target}")
+    print(describe_variants(verbose=args.verbose))
     return 0
 
 
@@ -166,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_grid(sub)
     register_demo(sub)
 
-    p = sub.add_parser("variants", help="list the registered residual variants")
+    p = sub.add_parser("variants", help="list the registered residual variants: description, n range, backends, paper, options")
+    p.add_argument("--verbose", action="store_true", help="each option with its documentation")
     p.set_defaults(func=cmd_variants)
     return parser
 

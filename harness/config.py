@@ -10,26 +10,35 @@ silently ignored (a typo in a sweep would otherwise burn cluster budget on ident
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness.errors import UserError, did_you_mean
+from variants.options import (  # noqa: F401 (re-exported)
+    COMMON,
+    VariantConfig,
+    check_choices,
+    coerce,
+    doc,
+    parse_value,
+)
 
-# (section, field) -> default: fields added after runs were published that do change the numbers;
-# Config.config_hash leaves them out while they hold this default (tests/test_config.py pins ids).
-LATER_FIELDS = {("variant", "precision"): "tf32"}
+# Every variant shared one options section until variants declared their own (variants/options.py).
+# These are its fields and defaults: a config.json saved then carries them whatever the variant
+# (from_dict drops those at their default), and legacy run ids hashed them (harness/run_id.py).
+LEGACY_VARIANT_DEFAULTS = {"mode": "dynamic", "fixed": "", "sk_iters": 20, "sk_mode": "paper", "sk_tol": 1e-6,
+                           "sk_max_iters": 2000, "alpha_init": 0.01, "res_init_offdiag": -8.0, "prepost_init_logit": 1.0}
+# added later: in the legacy hash only when away from this default
+LATER_VARIANT_DEFAULTS = {"precision": "tf32"}
 
 
-def doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING, choices=None):
-    """A dataclass field carrying its one-line documentation (and optional valid choices)."""
-    meta = {"doc": text}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+def legacy_variant_section(v: VariantConfig) -> dict:
+    """The variant section as legacy run ids hashed it, when every variant had every option."""
+    resolved = v.resolved()
+    d = {"name": v.name, "n_streams": v.n_streams, "backend": v.backend}
+    d.update({k: resolved.get(k, default) for k, default in LEGACY_VARIANT_DEFAULTS.items()})
+    d.update({k: resolved[k] for k, default in LATER_VARIANT_DEFAULTS.items() if resolved.get(k, default) != default})
+    return d
 
 
 @dataclass
@@ -44,26 +53,6 @@ class ModelConfig:
     norm_eps: float = doc("RMSNorm epsilon", 1e-6)
     init_std: float = doc("std of the normal init of linear and embedding weights", 0.02)
     tie_embeddings: bool = doc("share the token embedding with the output head", True)
-
-
-@dataclass
-class VariantConfig:
-    name: str = doc("residual-connection variant, a name from the variant registry", "identity")
-    n_streams: int = doc("residual streams n; 0 = the variant's default (identity: 1, hc/mhc/mhc-lite: 4)", 0)
-    backend: str = doc("stream maths: torch (reference), triton (fused kernels; an error where unsupported), auto (triton on CUDA, else torch)", "torch", choices=("torch", "triton", "auto"))
-    mode: str = doc("hc/mhc/mhc-lite coefficients: dynamic (input-dependent, per token) or static (biases only)", "dynamic", choices=("dynamic", "static"))
-    fixed: str = doc("ablation: comma-separated subset of pre,post,res held fixed (pre = 1/n, post = 1, res = I), with no parameters", "")
-    sk_iters: int = doc("mhc: Sinkhorn-Knopp rounds k; paper: exp, then k x [column, row]; kernel: row softmax, then k column normalisations; 0 = none", 20)
-    sk_mode: str = doc("mhc: 'paper' (column then row, rows exact), 'kernel' (row softmax first, column last, as in DeepSeek's public kernels), 'converged' (to sk_tol)", "paper", choices=("paper", "kernel", "converged"))
-    sk_tol: float = doc("mhc converged mode: stop when max |row/column sum - 1| <= this", 1e-6)
-    sk_max_iters: int = doc("mhc converged mode: iteration cap (badly scaled logits can need more; the diagnostics show the gap left)", 2000)
-    alpha_init: float = doc("hc/mhc/mhc-lite: initial value of the dynamic scales alpha", 0.01)
-    res_init_offdiag: float = doc("mhc: initial H_res bias logits off the diagonal (diagonal 0); mhc-lite: of the non-identity permutations; -8 is near the identity", -8.0)
-    prepost_init_logit: float = doc("mhc/mhc-lite: initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on the others (breaks the streams' symmetry)", 1.0)
-    precision: str = doc("hc/mhc/mhc-lite with backend=triton: the projection RMSNorm(x)phi on tensor cores in tf32 (the paper's "
-                         "choice, ~2e-4 relative error, kernels/precision.py), tf32x3 (3 tf32 products, ~fp32 accuracy) or "
-                         "ieee (fp32 FMA, no tensor cores); the torch backend is exact fp32 whatever this says",
-                         "tf32", choices=("tf32", "tf32x3", "ieee"))
 
 
 @dataclass
@@ -187,24 +176,20 @@ class Config:
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Nested plain data; the variant section flat, with every option of the variant named."""
+        d = dataclasses.asdict(self)
+        d["variant"] = self.variant_dict()
+        return d
+
+    def variant_dict(self) -> dict:
+        v = self.variant
+        return {"name": v.name, "n_streams": v.n_streams, "backend": v.backend, **v.resolved()}
 
     def config_hash(self) -> str:
-        """Short hash of everything that changes the numbers (the run section is excluded)."""
-        d = self.to_dict()
-        d.pop("run")
-        d.pop("preset")
-        # How a run is executed, not what it computes. A new field of that kind must be added here,
-        # or every existing run id changes (tests/test_config.py pins the published ones).
-        for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block"):
-            d["train"].pop(k, None)
-        # Fields that change the numbers but came after runs were published: in the id only when
-        # they differ from their default, so every existing id stands.
-        for (section, k), default in LATER_FIELDS.items():
-            if d[section].get(k) == default:
-                d[section].pop(k)
-        blob = json.dumps(d, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:10]
+        """The run's id: a short hash of what differs from the pinned defaults (harness/run_id.py)."""
+        from harness.run_id import run_id
+
+        return run_id(self)
 
     def run_name(self) -> str:
         return self.run.name or f"{self.preset}-{self.variant.name}-{self.config_hash()}"
@@ -219,36 +204,16 @@ def _type_of(obj, name: str):
     return typing.get_type_hints(type(obj))[name]
 
 
-def parse_value(text: str, typ, key: str):
-    """Parse `text` as `typ` (int, float, bool, str), with an error naming `key`."""
-    if typ is bool:
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise UserError(f"{key} expects a boolean (true/false), got {text!r}")
-    if typ is int:
-        try:
-            return int(text, 0) if text.strip().lower().startswith(("0x", "0b")) else int(text)
-        except ValueError:
-            raise UserError(f"{key} expects an integer, got {text!r}") from None
-    if typ is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise UserError(f"{key} expects a number, got {text!r}") from None
-    if typ is str:
-        return text
-    raise UserError(f"{key} cannot be set from the command line (type {typ})")
-
-
 def _resolve(cfg, key: str):
-    """Walk a dotted key to (parent dataclass, field name), with did-you-mean errors."""
+    """Walk a dotted key to (parent dataclass, field name), with did-you-mean errors. A key of the
+    variant section that is not a common field is an option of the variant named (checked there)."""
     parts = key.split(".")
     obj = cfg
     for i, part in enumerate(parts):
         fields = _field_map(obj)
+        if isinstance(obj, VariantConfig) and i == len(parts) - 1 and (part not in fields or part == "options"):
+            obj.option_type(part)  # a UserError naming the variants that have it, if this one has not
+            return obj, part
         if part not in fields:
             raise UserError(f"unknown config key {key!r}" + did_you_mean(key, _all_keys(cfg)))
         if i == len(parts) - 1:
@@ -266,7 +231,9 @@ def _all_keys(obj, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(obj):
         val = getattr(obj, f.name)
         name = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(val):
+        if isinstance(obj, VariantConfig) and f.name == "options":
+            keys += [f"{prefix}{k}" for k in obj.resolved()]
+        elif dataclasses.is_dataclass(val):
             keys += _all_keys(val, name + ".")
         else:
             keys.append(name)
@@ -281,30 +248,32 @@ def all_keys(cfg: Config) -> list[str]:
 def set_value(cfg: Config, key: str, value) -> None:
     """Set `key` to `value` (a string from the CLI, or an already-typed value from a grid)."""
     obj, name = _resolve(cfg, key)
-    typ = _type_of(obj, name)
-    if isinstance(value, str) and typ is not str:
-        value = parse_value(value, typ, key)
-    elif typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    elif not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise UserError(f"{key} expects {typ.__name__}, got {type(value).__name__} {value!r}")
-    setattr(obj, name, value)
+    if isinstance(obj, VariantConfig) and name not in COMMON:
+        obj.set_option(name, value)
+        return
+    setattr(obj, name, coerce(value, _type_of(obj, name), key))
 
 
 def apply_overrides(cfg: Config, overrides) -> Config:
-    """Apply `key=value` strings (from `--set`) in order; returns cfg."""
+    """Apply `key=value` strings (from `--set`) in order, `variant.name` first (a variant's options
+    are only known once it is named); returns cfg."""
+    pairs = []
     for item in overrides or ():
         if "=" not in item:
             raise UserError(f"override {item!r} must look like key=value, e.g. model.d_model=256")
         key, value = item.split("=", 1)
-        set_value(cfg, key.strip(), value.strip())
+        pairs.append((key.strip(), value.strip()))
+    for key, value in sorted(pairs, key=lambda kv: kv[0] != "variant.name"):
+        set_value(cfg, key, value)
     return cfg
 
 
 def _check_choices(obj, prefix: str) -> None:
     for f in dataclasses.fields(obj):
         val = getattr(obj, f.name)
-        if dataclasses.is_dataclass(val):
+        if isinstance(obj, VariantConfig) and f.name == "options":
+            obj.opts()  # each option's type and choices
+        elif dataclasses.is_dataclass(val):
             _check_choices(val, f"{prefix}{f.name}.")
         elif "choices" in f.metadata and val not in f.metadata["choices"]:
             raise UserError(
@@ -316,6 +285,8 @@ def _check_choices(obj, prefix: str) -> None:
 def from_dict(d: dict, cls=Config):
     """Rebuild a config from `to_dict()` output (e.g. a saved config.json), strictly."""
     obj = cls()
+    if cls is VariantConfig:
+        return _variant_from_dict(d)
     for key, val in d.items():
         fields = _field_map(obj)
         if key not in fields:
@@ -328,6 +299,24 @@ def from_dict(d: dict, cls=Config):
         else:
             set_value(obj, key, val)
     return obj
+
+
+def _variant_from_dict(d: dict) -> VariantConfig:
+    """The flat variant section: common fields, then the variant's options. A config saved when
+    every variant had every option holds options its variant has not: at their old defaults
+    they are dropped (that is what they meant), anything else is refused."""
+    v = VariantConfig()
+    for key in COMMON:
+        if key in d:
+            setattr(v, key, coerce(d[key], _type_of(v, key), f"variant.{key}"))
+    owned = v.resolved()
+    for key, val in d.items():
+        if key in COMMON:
+            continue
+        if key not in owned and LEGACY_VARIANT_DEFAULTS.get(key, LATER_VARIANT_DEFAULTS.get(key, object())) == val:
+            continue
+        v.set_option(key, val)
+    return v
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -345,16 +334,23 @@ def describe(cfg: Config) -> str:
     """A `key = value  # doc` listing of every field, for `mhc-bench config`."""
     lines = []
 
+    def field_line(prefix, f, val):
+        choices = f.metadata.get("choices")
+        extra = f" (one of: {', '.join(choices)})" if choices else ""
+        return f"{prefix}{f.name} = {val!r}  # {f.metadata.get('doc', '')}{extra}"
+
     def walk(obj, prefix):
         for f in dataclasses.fields(obj):
             val = getattr(obj, f.name)
-            if dataclasses.is_dataclass(val):
+            if isinstance(obj, VariantConfig) and f.name == "options":
+                opts = obj.opts()
+                for of in dataclasses.fields(opts):
+                    lines.append(field_line(prefix, of, getattr(opts, of.name)))
+            elif dataclasses.is_dataclass(val):
                 lines.append(f"\n[{prefix}{f.name}]  # {f.metadata.get('doc', '')}")
                 walk(val, f"{prefix}{f.name}.")
             else:
-                choices = f.metadata.get("choices")
-                extra = f" (one of: {', '.join(choices)})" if choices else ""
-                lines.append(f"{prefix}{f.name} = {val!r}  # {f.metadata.get('doc', '')}{extra}")
+                lines.append(field_line(prefix, f, val))
 
     walk(cfg, "")
     return "\n".join(lines).strip() + "\n"

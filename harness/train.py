@@ -33,6 +33,7 @@ from harness.config import Config, from_dict
 from harness.diagnostics import DIAGNOSTICS_NAME, diagnostics_rows
 from harness.errors import UserError
 from harness.fsdp import full
+from harness.run_id import migrate_run_folder
 from harness.rundir import MetricsLog, RunDir, environment
 
 
@@ -160,6 +161,7 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
 def _train_run(cfg: Config, resume: bool, dist: distributed.Dist, on_validation=None) -> RunResult:
     from harness.data import prepare
 
+    dist.on_main(lambda: migrate_run_folder(cfg))  # a folder named by the run's legacy id (harness/run_id.py)
     run = RunDir(Path(cfg.run.runs_dir) / cfg.run_name(), writer=dist.is_main)
     status = run.read_status()
     if status and not resume:

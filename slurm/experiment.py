@@ -53,6 +53,25 @@ def is_locked(run_path: Path) -> bool:
     return False
 
 
+RUN_ID_SCHEME = 1  # manifests keyed by harness/run_id.run_id; absent = legacy ids (every field hashed)
+
+
+def rekey_manifest(man: dict) -> dict:
+    """A manifest keyed by legacy run ids, keyed by the current ones (harness/run_id.py). Every run
+    keeps its folder, name, settings and jobs; the id is recomputed from the config it recorded."""
+    from harness.config import from_dict
+    from harness.run_id import run_id
+
+    mapping = {old: run_id(from_dict(entry["config"])) for old, entry in man.get("runs", {}).items()}
+    man["runs"] = {mapping[old]: entry for old, entry in man.get("runs", {}).items()}
+    for sub in man.get("submissions", []):
+        sub["jobs"] = {mapping.get(r, r): job for r, job in sub.get("jobs", {}).items()}
+        if "runs" in sub:
+            sub["runs"] = [mapping.get(r, r) for r in sub["runs"]]
+    man["run_ids"] = RUN_ID_SCHEME
+    return man
+
+
 class Experiment:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -66,11 +85,15 @@ class Experiment:
 
     def manifest(self) -> dict:
         try:
-            return json.loads(self.manifest_path.read_text())
+            man = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
             raise UserError(f"{self.path} is not an experiment (no {MANIFEST}); submit a grid first") from None
         except json.JSONDecodeError as e:
             raise UserError(f"{self.manifest_path} is damaged ({e}); restore it or resubmit the grid") from None
+        if man.get("run_ids") != RUN_ID_SCHEME:
+            with self._locked() as h:  # re-keyed once, under the lock (see _locked); runs keep their folders
+                man = h["manifest"]
+        return man
 
     @contextlib.contextmanager
     def _locked(self):
@@ -79,6 +102,8 @@ class Experiment:
         with open(self.path / ".manifest.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             man = json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else None
+            if man is not None and man.get("run_ids") != RUN_ID_SCHEME:
+                man = rekey_manifest(man)  # legacy ids: written back below
             holder = {"manifest": man}
             yield holder
             if holder["manifest"] is not None:
@@ -89,7 +114,8 @@ class Experiment:
         """Record the grid file and its runs (added to the runs of earlier versions of the grid)."""
         runs = grid.runs if runs is None else runs
         with self._locked() as h:
-            man = h["manifest"] or {"experiment": grid.name, "created": now(), "runs": {}, "submissions": []}
+            man = h["manifest"] or {"experiment": grid.name, "created": now(), "runs": {}, "submissions": [],
+                                    "run_ids": RUN_ID_SCHEME}
             man.update(description=grid.description, grid_file=str(grid.path), grid_sha=grid.sha, grid_key=grid.key, updated=now())
             for run in runs:
                 entry = man["runs"].setdefault(run.id, {"name": run.name, "folder": run.folder, "settings": run.settings,

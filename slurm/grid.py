@@ -160,12 +160,33 @@ def _set(cfg: Config, key: str, value, where: str) -> None:
         raise UserError(f"{where}: {e}") from None
 
 
-def _check_key(key: str, where: str) -> None:
-    """Fail on a dotted key the config does not have, with the config's did-you-mean."""
+def _check_key(key: str, where: str, variant: str | None = None) -> None:
+    """Fail on a dotted key the config does not have, with the config's did-you-mean. A variant
+    option is checked against `variant` when known; otherwise any variant's option passes here
+    and each run's config, once its variant is set, refuses it where it does not belong."""
+    from variants.options import VariantConfig, variants_with_option
+
     probe = Config()
+    if variant is not None:
+        probe.variant = VariantConfig(variant)
     keys = all_keys(probe)
-    if key not in keys:
-        raise UserError(f"{where}: unknown config key {key!r}" + did_you_mean(key, keys))
+    if key in keys:
+        return
+    if key.startswith("variant."):
+        if variant is not None:
+            try:
+                probe.variant.option_type(key.removeprefix("variant."))
+            except UserError as e:  # one line naming the variants that have it
+                raise UserError(f"{where}: {e}") from None
+        elif variants_with_option(key.removeprefix("variant.")):
+            return
+    raise UserError(f"{where}: unknown config key {key!r}" + did_you_mean(key, keys))
+
+
+def _any_variant_option(key: str) -> bool:
+    from variants.options import variants_with_option
+
+    return bool(variants_with_option(key.removeprefix("variant.")))
 
 
 def _variant_key(key: str) -> str:
@@ -205,7 +226,7 @@ def _arms(items, where: str, variant_names) -> list[_Arm]:
         fixed, axes = {"variant.name": name}, []
         for key, value in flatten(item).items():
             dotted = _variant_key(key)
-            _check_key(dotted, at)
+            _check_key(dotted, at, name)
             if isinstance(value, list):
                 axes.append((dotted, _values(dotted, value, at)))
             else:
@@ -281,11 +302,11 @@ def load_grid(path, preset: str | None = None, overrides=(), experiment: str | N
             if not any(a.variant == head for a in arms):
                 raise UserError(f"{at}: no {head!r} arm in axes.variant to sweep it for")
             dotted = _variant_key(rest)
-            _check_key(dotted, at)
+            _check_key(dotted, at, head)
             per_variant.setdefault(head, []).append((dotted, _values(dotted, values, where)))
             continue
         dotted = SHORTHANDS.get(key, key)
-        if dotted not in all_keys(Config()):
+        if dotted not in all_keys(Config()) and not (dotted.startswith("variant.") and _any_variant_option(dotted)):
             choices = ["variant", "preset", *SHORTHANDS, *all_keys(Config()), *(f"{n}.<key>" for n in names)]
             raise UserError(f"{at}: unknown axis {key!r}{did_you_mean(key, choices)}; an axis is variant, preset, "
                             f"{', '.join(SHORTHANDS)}, a config key, or <variant>.<key>")
@@ -370,14 +391,14 @@ def _adopt_folders(exp_dir: Path, runs: list[Run]) -> None:
     three adds "-seed=0"); its id does not. Without this, the same run would get a second
     folder and be trained twice.
     """
-    import json
+    from slurm.experiment import Experiment
 
-    manifest = exp_dir / "manifest.json"
-    if not manifest.is_file():
+    experiment = Experiment(exp_dir)
+    if not experiment.exists():
         return
     try:
-        known = json.loads(manifest.read_text()).get("runs", {})
-    except (OSError, json.JSONDecodeError):
+        known = experiment.manifest().get("runs", {})
+    except UserError:
         return  # reported by the commands that need the manifest
     for run in runs:
         if run.id in known and known[run.id].get("folder"):

@@ -28,7 +28,9 @@ def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables") / "exp"
     for name, variant, fixed, seed, val, scores in RUNS:
         cfg = get_preset("tiny")
-        cfg.variant.name, cfg.variant.fixed, cfg.train.seed = variant, fixed, seed
+        cfg.variant.name, cfg.train.seed = variant, seed
+        if fixed:
+            cfg.variant.fixed = fixed
         run = root / name
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps(cfg.to_dict()))

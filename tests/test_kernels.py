@@ -319,7 +319,7 @@ def test_variant_backends_agree(name, n, extra):
     from variants.registry import build_variant
 
     C, index = 24, 3
-    options = {"sk_iters": 5, "precision": "ieee", **extra}  # exact agreement; tf32 is checked against its bound above
+    options = {"precision": "ieee", **({"sk_iters": 5} if name == "mhc" else {}), **extra}  # exact; tf32 has its bound above
     modules = {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)

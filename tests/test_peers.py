@@ -93,7 +93,8 @@ def test_streams_of_different_sequences_never_mix(name, hc_package, tiny_cfg, si
 def test_peer_mhc_h_res_is_doubly_stochastic_and_applied_as_recorded(hc_package, tiny_cfg, single_thread):
     gaps = {}
     for k in (1, 20):
-        model = peer_model(tiny_cfg("model.seq_len=16", "variant.n_streams=4", f"variant.sk_iters={k}"), "peer:hyper-connections-mhc")
+        model = peer_model(tiny_cfg("model.seq_len=16", "variant.name=mhc", "variant.n_streams=4", f"variant.sk_iters={k}"),
+                           "peer:hyper-connections-mhc")
         assert f"sinkhorn_iters={k}" in model.variant.note()
         perturb(model, 0.2)  # logits spread enough to need the rounds (at 0.5, 20 rounds leave a 2.5% row gap)
         r = model.residuals()[1]

@@ -1,4 +1,4 @@
-"""Options shared by the mixing variants (hc, mhc, mhc-lite): fixed mappings, mode, backend.
+"""Options shared by the mixing variants (hc, mhc, mhc-lite, ...): fixed mappings, mode, backend.
 
 The paper's component ablation (mHC Table 1) disables a mapping by fixing it to its neutral
 value: H_pre = 1/n (the streams' mean), H_post = 1 (the branch output goes to every stream),
@@ -9,14 +9,29 @@ never a learned value that merely starts near it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from harness.config import VariantConfig
 from harness.errors import UserError, did_you_mean
+from variants.options import BACKENDS, VariantConfig, doc
 
 MAPPINGS = ("pre", "post", "res")
 MODES = ("dynamic", "static")
-BACKENDS = ("torch", "triton", "auto")  # kernels/backend.py: auto = triton on CUDA, torch otherwise
+PRECISIONS = ("tf32", "tf32x3", "ieee")  # kernels/project.py
+
+
+@dataclass
+class MixingOptions:
+    """Options every variant with learned H_pre / H_post / H_res has."""
+
+    mode: str = doc("dynamic (input-dependent, per token) or static (biases only) coefficients", "dynamic", choices=MODES)
+    fixed: str = doc("ablation: comma-separated subset of pre,post,res held fixed (pre = 1/n, post = 1, res = I), "
+                     "with no parameters", "")
+    alpha_init: float = doc("initial value of the dynamic scales alpha", 0.01)
+    precision: str = doc("backend=triton: the projection RMSNorm(x)phi on tensor cores in tf32 (the paper's choice, "
+                         "~2e-4 relative error, kernels/precision.py), tf32x3 (~fp32 accuracy) or ieee (fp32 FMA, no "
+                         "tensor cores); the torch backend is exact fp32 whatever this says", "tf32", choices=PRECISIONS)
 
 
 def parse_fixed(text: str) -> frozenset[str]:

@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from harness.config import VariantConfig
+from harness.errors import UserError, did_you_mean
+from variants.options import BACKENDS, NoOptions, VariantConfig
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: VariantConfig, d_model: int, n_streams: int, index: int, n_sublayers: int):
         super().__init__()
         self.cfg, self.d_model, self.n, self.index, self.n_sublayers = cfg, d_model, n_streams, index, n_sublayers
+        self.opts = cfg.opts()  # the variant's options dataclass, resolved once (never looked up in forward)
         self.recording = False
         self.last: Mixing | None = None
         self.recompute = None  # a variants.recompute.StreamRecompute shared by the model's residuals, or None
@@ -94,14 +96,33 @@ class Residual(nn.Module):
 
 
 class ResidualVariant:
-    """A registry entry: builds one `Residual` per sub-layer and moves between 1 and n streams."""
+    """A registry entry: builds one `Residual` per sub-layer and moves between 1 and n streams.
+
+    A subclass declares what `mhc-bench variants` shows and the contract tests read: its options
+    dataclass, a one-line description, the paper, the stream counts it takes and the backends it
+    has kernels for (tests/test_variant_contract.py checks torch/triton parity for those)."""
 
     default_n_streams: int = 1
     residual_cls: type[Residual] = Residual
+    options_cls: type = NoOptions
+    description: str = ""
+    paper: str = ""
+    n_range: tuple[int, int] = (1, 1)  # smallest and largest n_streams (inclusive)
+    backends: tuple[str, ...] = ("torch",)
+    contract_options: tuple[dict, ...] = ({},)  # option sets the contract tests run (tests/variant_contract.py)
 
     def __init__(self, cfg: VariantConfig, d_model: int, n_sublayers: int):
         self.cfg, self.d_model, self.n_sublayers = cfg, d_model, n_sublayers
+        if cfg.backend not in BACKENDS:
+            raise UserError(f"variant.backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}{did_you_mean(cfg.backend, BACKENDS)}")
+        self.opts = cfg.opts()
         self.n_streams = cfg.n_streams or self.default_n_streams
+        lo, hi = self.n_range
+        if not lo <= self.n_streams <= hi:
+            raise UserError(f"variant {cfg.name!r} takes variant.n_streams from {lo} to {hi} (0 = its default, "
+                            f"{self.default_n_streams}); got {self.n_streams}")
+        if cfg.backend not in ("torch", "auto") and cfg.backend not in self.backends:
+            raise UserError(f"variant {cfg.name!r} has no {cfg.backend} kernels; use variant.backend=torch (or auto)")
         self.check()
 
     def check(self) -> None:

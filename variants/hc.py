@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.config import VariantConfig
 from kernels.post_res import post_res
 from kernels.premix import premix
 from kernels.project import project
-from variants.ablation import MAPPINGS, check_common, parse_fixed
+from variants.ablation import MAPPINGS, MixingOptions, check_common, parse_fixed
 from variants.base import Mixing, Residual, ResidualVariant
+from variants.options import VariantConfig
 from variants.sinkhorn import compute_dtype
 
 NORM_EPS = 1e-6
@@ -75,9 +75,9 @@ class StreamResidual(Residual):
 
     def __init__(self, cfg: VariantConfig, d_model: int, n_streams: int, index: int, n_sublayers: int):
         super().__init__(cfg, d_model, n_streams, index, n_sublayers)
-        self.fixed = parse_fixed(cfg.fixed)
+        self.fixed = parse_fixed(self.opts.fixed)
         self.learned = tuple(m for m in MAPPINGS if m not in self.fixed)
-        self.dynamic = cfg.mode == "dynamic"
+        self.dynamic = self.opts.mode == "dynamic"
         self.backend = cfg.backend
 
     def coefficients(self, x: Tensor) -> Mixing:
@@ -116,7 +116,7 @@ class HCResidual(StreamResidual):
         for name in self.learned:
             self.register_parameter(f"bias_{name}", nn.Parameter(init[name]))
             if self.dynamic:
-                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(cfg.alpha_init))))  # 1-D: FSDP shards no 0-d tensors
+                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(self.opts.alpha_init))))  # 1-D: FSDP shards no 0-d tensors
                 self.register_parameter(f"theta_{name}", nn.Parameter(torch.zeros(C, theta_out[name])))
 
     def coefficients(self, x: Tensor) -> Mixing:
@@ -126,7 +126,7 @@ class HCResidual(StreamResidual):
         if self.dynamic and self.learned:
             # x̃_i θ for all heads at once: θ_pre | θ_post | θ_res side by side, C -> (1 | 1 | n)
             theta = torch.cat([getattr(self, f"theta_{name}").to(dt) for name in self.learned], dim=1)
-            xt = project(x, theta, NORM_EPS, self.backend, self.cfg.precision)  # RMSNorm per stream, then θ: (B, T, n, W)
+            xt = project(x, theta, NORM_EPS, self.backend, self.opts.precision)  # RMSNorm per stream, then θ: (B, T, n, W)
             widths = [getattr(self, f"theta_{name}").shape[1] for name in self.learned]
             proj = dict(zip(self.learned, xt.split(widths, dim=-1)))
 
@@ -150,6 +150,12 @@ class HCResidual(StreamResidual):
 class HC(ResidualVariant):
     default_n_streams = 4
     residual_cls = HCResidual
+    options_cls = MixingOptions
+    description = "Hyper-Connections: n streams, static + tanh-dynamic H_pre, H_post, H_res, unconstrained"
+    paper = "Zhu et al., Hyper-Connections, ICLR 2025 (arXiv 2409.19606)"
+    n_range = (1, 64)
+    backends = ("torch", "triton")
+    contract_options = ({}, {"mode": "static"}, {"fixed": "pre,res"})
 
     def check(self) -> None:
         check_common(self.cfg, self.n_streams)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from harness.errors import UserError
 from variants.base import Mixing, Residual, ResidualVariant
 
 
@@ -23,9 +22,6 @@ class IdentityResidual(Residual):
 class Identity(ResidualVariant):
     default_n_streams = 1
     residual_cls = IdentityResidual
-
-    def check(self) -> None:
-        if self.n_streams != 1:
-            raise UserError(f"variant 'identity' has exactly one stream; got variant.n_streams={self.n_streams}")
-        if self.cfg.fixed:
-            raise UserError(f"variant 'identity' has no mappings to hold fixed; got variant.fixed={self.cfg.fixed!r} (use hc or mhc)")
+    description = "the plain pre-norm residual x + F(x): one stream, no mixing (the baseline)"
+    paper = "the pre-norm residual of GPT-2 / nanoGPT"
+    backends = ("torch", "triton")  # no stream maths to fuse: the same code under either, the baseline of both

@@ -42,18 +42,40 @@ runs its PyTorch reference or its Triton kernel as `variant.backend` says.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from harness.config import VariantConfig
-from harness.errors import UserError, did_you_mean
+from harness.errors import UserError
 from kernels.coefficients import coefficient_heads, head_widths, heads_reason
 from kernels.project import project, width_reason
-from variants.ablation import check_common, parse_fixed
+from variants.ablation import MixingOptions, check_common, parse_fixed
 from variants.base import Mixing, ResidualVariant
 from variants.hc import NORM_EPS, StreamResidual
+from variants.options import VariantConfig, doc
 from variants.sinkhorn import SK_MODES, compute_dtype
+
+
+@dataclass
+class ManifoldInit:
+    """Initial biases of the manifold-constrained variants (module doc: why these)."""
+
+    prepost_init_logit: float = doc("initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on "
+                                    "the others (breaks the streams' symmetry)", 1.0)
+    res_init_offdiag: float = doc("initial H_res bias logits off the diagonal (mhc; diagonal 0) or of the "
+                                  "non-identity permutations (mhc-lite); -8 is near the identity", -8.0)
+
+
+@dataclass
+class MHCOptions(MixingOptions, ManifoldInit):
+    sk_iters: int = doc("Sinkhorn-Knopp rounds k; paper: exp, then k x [column, row]; kernel: row softmax, then k "
+                        "column normalisations; 0 = none", 20)
+    sk_mode: str = doc("'paper' (column then row, rows exact), 'kernel' (row softmax first, column last, as in "
+                       "DeepSeek's public kernels), 'converged' (to sk_tol)", "paper", choices=SK_MODES)
+    sk_tol: float = doc("converged mode: stop when max |row/column sum - 1| <= this", 1e-6)
+    sk_max_iters: int = doc("converged mode: iteration cap (badly scaled logits can need more; the diagnostics show "
+                            "the gap left)", 2000)
 
 
 class MHCResidual(StreamResidual):
@@ -63,13 +85,14 @@ class MHCResidual(StreamResidual):
 
     def __init__(self, cfg: VariantConfig, d_model: int, n_streams: int, index: int, n_sublayers: int):
         super().__init__(cfg, d_model, n_streams, index, n_sublayers)
-        n, m = self.n, cfg.prepost_init_logit
+        self.sk = self.sinkhorn_options()
+        n, m = self.n, self.opts.prepost_init_logit
         own_stream = torch.full((n,), -m).index_fill_(0, torch.tensor(index % n), m)  # +m on (index mod n)
-        init = {"pre": own_stream, "post": own_stream.clone(), "res": self.res_bias(cfg)}
+        init = {"pre": own_stream, "post": own_stream.clone(), "res": self.res_bias()}
         for name in self.learned:
             self.register_parameter(f"bias_{name}", nn.Parameter(init[name].float()))
             if self.dynamic:
-                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(cfg.alpha_init))))  # 1-D: FSDP shards no 0-d tensors
+                self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(self.opts.alpha_init))))  # 1-D: FSDP shards no 0-d tensors
         if self.dynamic and self.learned:
             fan_in, width = n * d_model, sum(self.widths[name] for name in self.learned)
             self.phi = nn.Parameter(torch.randn(fan_in, width) / math.sqrt(fan_in))
@@ -79,9 +102,14 @@ class MHCResidual(StreamResidual):
     def widths(self) -> dict[str, int]:
         return {"pre": self.n, "post": self.n, "res": self.n * self.n}
 
-    def res_bias(self, cfg: VariantConfig) -> Tensor:
+    def res_bias(self) -> Tensor:
         """(n, n) logits: 0 on the diagonal, res_init_offdiag elsewhere (≈ I after Sinkhorn)."""
-        return torch.full((self.n, self.n), cfg.res_init_offdiag).fill_diagonal_(0.0)
+        return torch.full((self.n, self.n), self.opts.res_init_offdiag).fill_diagonal_(0.0)
+
+    def sinkhorn_options(self) -> dict:
+        """The Sinkhorn settings H_res is normalised with (mHC-lite has none)."""
+        o = self.opts
+        return dict(sk_iters=o.sk_iters, sk_mode=o.sk_mode, sk_tol=o.sk_tol, sk_max_iters=o.sk_max_iters)
 
     # ------------------------------------------------------------------ Eq. 14-19
     def coefficients(self, x: Tensor) -> Mixing:
@@ -89,14 +117,12 @@ class MHCResidual(StreamResidual):
         B, T = x.shape[:2]
         mix = None
         if self.dynamic and self.learned:
-            mix = project(x.flatten(-2), self.phi, NORM_EPS, self.backend, self.cfg.precision)  # Eq. 14-15: RMSNorm(x⃗) φ, (B, T, W)
+            mix = project(x.flatten(-2), self.phi, NORM_EPS, self.backend, self.opts.precision)  # Eq. 14-15: RMSNorm(x⃗) φ, (B, T, W)
         alphas = [getattr(self, f"alpha_{m}").to(dt) for m in self.learned] if mix is not None else None
         biases = [getattr(self, f"bias_{m}").to(dt) for m in self.learned]
-        c = self.cfg
         pre, post, res, logits = coefficient_heads(  # Eq. 16-19
-            mix, alphas, biases, n=self.n, learned=self.learned, res_kind=self.res_kind, sk_iters=c.sk_iters,
-            sk_mode=c.sk_mode, sk_tol=c.sk_tol, sk_max_iters=c.sk_max_iters, perms=getattr(self, "perms", None),
-            batch_shape=(B, T), backend=self.backend)
+            mix, alphas, biases, n=self.n, learned=self.learned, res_kind=self.res_kind, **self.sk,
+            perms=getattr(self, "perms", None), batch_shape=(B, T), backend=self.backend)
         return Mixing(h_pre=pre, h_post=post, h_res=res, res_logits=logits)
 
     def no_decay_parameters(self) -> list[nn.Parameter]:
@@ -106,25 +132,31 @@ class MHCResidual(StreamResidual):
 class MHC(ResidualVariant):
     default_n_streams = 4
     residual_cls = MHCResidual
+    options_cls = MHCOptions
+    description = "manifold-constrained HC: sigmoid H_pre, 2 sigmoid H_post, Sinkhorn-normalised (doubly stochastic) H_res"
+    paper = "DeepSeek 2025, mHC: Manifold-Constrained Hyper-Connections (arXiv 2512.24880)"
+    n_range = (1, 64)
+    backends = ("torch", "triton")
+    contract_options = ({}, {"sk_mode": "kernel", "sk_iters": 3}, {"mode": "static"}, {"fixed": "res"}, {"fixed": "pre,post"})
 
     def check(self) -> None:
-        c = self.cfg
-        check_common(c, self.n_streams)
-        if c.sk_mode not in SK_MODES:
-            raise UserError(f"variant.sk_mode={c.sk_mode!r} is not one of {', '.join(SK_MODES)}{did_you_mean(c.sk_mode, SK_MODES)}")
+        c = self.opts
+        check_common(self.cfg, self.n_streams)
         if c.sk_iters < 0:
             raise UserError(f"variant.sk_iters must be >= 0 (0 = no normalisation), got {c.sk_iters}")
         if c.sk_mode == "converged" and not (c.sk_tol > 0 and c.sk_max_iters >= 1):
             raise UserError(f"variant.sk_mode=converged needs sk_tol > 0 and sk_max_iters >= 1, got {c.sk_tol} and {c.sk_max_iters}")
-        check_kernel_coverage(c, self.residual_cls, self.n_streams)
+        check_kernel_coverage(self.cfg, self.residual_cls, self.n_streams)
 
 
 def check_kernel_coverage(cfg: VariantConfig, residual_cls: type[MHCResidual], n: int) -> None:
     """backend=triton must run kernels; refuse the options they do not cover (auto falls back)."""
-    if cfg.backend != "triton" or cfg.mode != "dynamic":
+    o = cfg.opts()
+    if cfg.backend != "triton" or o.mode != "dynamic":
         return
-    learned = [m for m in ("pre", "post", "res") if m not in parse_fixed(cfg.fixed)]
-    why = heads_reason(n, learned, residual_cls.res_kind, cfg.sk_iters, cfg.sk_mode) or width_reason(
+    learned = [m for m in ("pre", "post", "res") if m not in parse_fixed(o.fixed)]
+    sk = (o.sk_iters, o.sk_mode) if residual_cls.res_kind == "sinkhorn" else (0, "paper")
+    why = heads_reason(n, learned, residual_cls.res_kind, *sk) or width_reason(
         sum(head_widths(n, learned, residual_cls.res_kind)))
     if why:
         raise UserError(f"variant.backend=triton for variant {cfg.name!r}: {why}; use variant.backend=torch (or auto)")

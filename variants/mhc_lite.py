@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from harness.config import VariantConfig
-from harness.errors import UserError
-from variants.ablation import check_common
+from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
-from variants.mhc import MHCResidual, check_kernel_coverage
+from variants.mhc import ManifoldInit, MHCResidual, check_kernel_coverage
+from variants.options import VariantConfig
 
 MAX_STREAMS = 8  # 8! = 40,320 permutations; 9! = 362,880 columns of φ per sub-layer is absurd
 
@@ -40,6 +40,11 @@ def permutation_mixture(logits: Tensor, perms: Tensor) -> Tensor:
     return (weights @ perms.to(weights.dtype).flatten(1)).unflatten(-1, perms.shape[1:])
 
 
+@dataclass
+class MHCLiteOptions(MixingOptions, ManifoldInit):
+    """mHC's options without Sinkhorn's: H_res needs no iterations."""
+
+
 class MHCLiteResidual(MHCResidual):
     res_kind = "perm"  # no n×n logits exist here, so log(1/ν) is not reported for mhc-lite
 
@@ -51,21 +56,25 @@ class MHCLiteResidual(MHCResidual):
     def widths(self) -> dict[str, int]:
         return {"pre": self.n, "post": self.n, "res": math.factorial(self.n)}
 
-    def res_bias(self, cfg: VariantConfig) -> Tensor:
-        bias = torch.full((math.factorial(self.n),), cfg.res_init_offdiag)
+    def res_bias(self) -> Tensor:
+        bias = torch.full((math.factorial(self.n),), self.opts.res_init_offdiag)
         bias[0] = 0.0  # the identity permutation
         return bias
+
+    def sinkhorn_options(self) -> dict:
+        return {}
 
 
 class MHCLite(ResidualVariant):
     default_n_streams = 4
     residual_cls = MHCLiteResidual
+    options_cls = MHCLiteOptions
+    description = "mHC with H_res a softmax mixture of the n! permutation matrices: exactly doubly stochastic"
+    paper = "mHC-lite (arXiv 2601.05732)"
+    n_range = (1, MAX_STREAMS)  # n! columns of phi: 8! = 40,320 is the practical limit
+    backends = ("torch", "triton")
+    contract_options = ({}, {"fixed": "post"}, {"mode": "static"})
 
     def check(self) -> None:
         check_common(self.cfg, self.n_streams)
-        if self.n_streams > MAX_STREAMS:
-            raise UserError(
-                f"variant 'mhc-lite' mixes all n! permutations: n_streams={self.n_streams} gives "
-                f"{math.factorial(self.n_streams):,}; the limit is variant.n_streams <= {MAX_STREAMS}"
-            )
         check_kernel_coverage(self.cfg, self.residual_cls, self.n_streams)

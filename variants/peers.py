@@ -41,9 +41,9 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from harness.config import VariantConfig
 from harness.errors import UserError, did_you_mean
 from variants.base import Mixing, Residual, ResidualVariant
+from variants.options import VariantConfig
 
 PACKAGE = "hyper-connections"  # the distribution (pip) name
 MODULE = "hyper_connections"  # its import name
@@ -137,6 +137,7 @@ class PeerVariant(ResidualVariant):
     """A peer's connection class behind our variant interface, matched to our counterpart's config."""
 
     default_n_streams = DEFAULT_N_STREAMS
+    n_range = (1, 64)
 
     def __init__(self, spec: PeerSpec, cfg: VariantConfig, d_model: int, n_sublayers: int):
         self.spec = spec

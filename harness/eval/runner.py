@@ -98,7 +98,7 @@ def run_meta(loaded, limit, device) -> dict:
     cfg = loaded.cfg
     return {
         "run": loaded.run_dir.name, "run_dir": str(loaded.run_dir), "preset": cfg.preset,
-        "variant": cfg.variant.name, "variant_fixed": cfg.variant.fixed,
+        "variant": cfg.variant.name, "variant_fixed": cfg.variant.resolved().get("fixed", ""),
         "n_streams": int(loaded.model.variant.n_streams), "seed": int(cfg.train.seed),
         "step": loaded.step, "seq_len": int(cfg.model.seq_len), "limit": limit, "device": str(device),
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.config import VariantConfig
+from variants.options import VariantConfig
 
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16), "fp32": (torch.float32, torch.bfloat16)}
 
@@ -89,7 +89,7 @@ def build_residual(workload: str, n: int, C: int):
     from harness.errors import UserError
     from variants.registry import build_variant
 
-    cfg = VariantConfig(n_streams=n, backend="triton", sk_iters=SK_ITERS, **VARIANT_KINDS[workload])
+    cfg = VariantConfig(n_streams=n, backend="triton", **VARIANT_KINDS[workload])
     try:
         variant = build_variant(cfg, d_model=C, n_sublayers=2)
     except UserError as e:

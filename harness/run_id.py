@@ -1,0 +1,158 @@
+"""A run's id: a hash of what identifies the experiment, stable when the code gains options.
+
+    id = sha256({"defaults": V, "set": {key: value that differs from the defaults of version V}})[:10]
+
+The keys are the flattened config (`model.d_model`, `variant.sk_iters`, ...) minus
+`EXECUTION_ONLY` (how a run executes, not what it computes: threads, recompute, ...) and the run
+section. The defaults of version V are pinned in run_id_defaults.json (variant options under
+`<variant>:<option>`, since each variant has its own); a key the file does not know yet (an
+option added later, a new variant) compares with its default in the code. So adding a field
+with a default changes no id, while changing a default in the code would silently change what
+an id means: tests/test_run_id.py fails until the pinned file gets a new version.
+
+Runs named before this scheme hashed every field of the config (`legacy_hash`). They are
+migrated once, where they are met: a run folder `<preset>-<variant>-<legacy id>` is renamed to
+the new id by `mhc-bench train` (harness/train.py), an experiment's manifest is re-keyed when
+first read (slurm/experiment.py), and published tables by `migrate_table`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+DEFAULTS_FILE = Path(__file__).with_name("run_id_defaults.json")
+
+# How a run is executed, not what it computes, and where this machine keeps the shared data:
+# never part of its id. (The run section and the preset name are left out too: where a run
+# lives and what it started from are not what it is.)
+EXECUTION_ONLY = frozenset({"train.threads", "train.stop_after", "train.parallel", "train.log_every",
+                            "train.recompute", "train.recompute_block", "data.data_root", "data.cache_dir"})
+
+
+@lru_cache(maxsize=None)
+def pinned() -> tuple[int, dict]:
+    d = json.loads(DEFAULTS_FILE.read_text())
+    return d["version"], d["defaults"]
+
+
+def identifying(cfg) -> dict:
+    """{flat key: value} of everything that identifies the run; variant options as `variant.<option>`."""
+    from harness.config import flatten
+
+    d = cfg.to_dict()
+    d.pop("run")
+    d.pop("preset")
+    return {k: v for k, v in flatten(d).items() if k not in EXECUTION_ONLY}
+
+
+def code_defaults(variant: str) -> dict:
+    """The code's defaults of every identifying key, variant options keyed `<variant>:<option>`."""
+    from harness.config import Config, VariantConfig
+
+    cfg = Config()
+    cfg.variant = VariantConfig(variant)
+    out = {}
+    for k, v in identifying(cfg).items():
+        out[_pin_key(k, variant)] = v
+    return out
+
+
+def _pin_key(key: str, variant: str) -> str:
+    section, _, field = key.partition(".")
+    if section == "variant" and field not in ("name", "n_streams", "backend"):
+        return f"{variant}:{field}"
+    return key
+
+
+def run_id(cfg) -> str:
+    version, defaults = pinned()
+    variant = cfg.variant.name
+    fallback = code_defaults(variant)
+    diff = {}
+    for k, v in identifying(cfg).items():
+        pk = _pin_key(k, variant)
+        if v != defaults.get(pk, fallback.get(pk)):
+            diff[k] = v
+    blob = json.dumps({"defaults": version, "set": diff}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def legacy_hash(cfg, machine_paths: bool = True) -> str:
+    """The id a run had before this scheme: a hash of every field (all variants sharing one
+    options section), run section and execution fields left out. A grid hashed its runs before
+    filling in this machine's data paths; `machine_paths=False` does the same for a config saved
+    after (a manifest's, a runs table's)."""
+    from harness.config import legacy_variant_section
+
+    d = cfg.to_dict()
+    if not machine_paths:
+        d["data"]["data_root"] = d["data"]["cache_dir"] = ""
+    d.pop("run")
+    d.pop("preset")
+    for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block"):
+        d["train"].pop(k, None)
+    d["variant"] = legacy_variant_section(cfg.variant)
+    blob = json.dumps(d, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def migrate_run_folder(cfg) -> None:
+    """A plain run's folder named with its legacy id (`<preset>-<variant>-<legacy id>`) takes
+    its current name, once, before the run is looked for; an explicit run.name is left alone."""
+    import os
+
+    if cfg.run.name:
+        return
+    root = Path(cfg.run.runs_dir)
+    new = root / cfg.run_name()
+    old = root / f"{cfg.preset}-{cfg.variant.name}-{legacy_hash(cfg)}"
+    if old != new and old.is_dir() and not new.exists():
+        os.replace(old, new)
+
+
+def migrate_tables(folder) -> dict[str, str]:
+    """Re-key a published experiment folder's tables from legacy ids to current ones, in place
+    (atomically, file by file): its runs.parquet (each run's config flattened into columns) gives
+    the mapping, and every Parquet table with a `run_id` column is rewritten. Idempotent.
+    Returns {legacy id: current id}."""
+    import pandas as pd
+
+    from harness.atomic import write_parquet
+
+    folder = Path(folder)
+    mapping = id_map_from_runs_table(pd.read_parquet(folder / "runs.parquet"))
+    for path in sorted(folder.glob("*.parquet")):
+        df = pd.read_parquet(path)
+        if "run_id" in df.columns and df["run_id"].isin(list(mapping)).any():
+            df["run_id"] = df["run_id"].map(lambda r: mapping.get(r, r))
+            write_parquet(path, df)
+    return mapping
+
+
+def id_map_from_runs_table(runs) -> dict[str, str]:
+    """{legacy id: current id} from a runs table whose columns hold each run's flattened config."""
+    from harness.config import from_dict
+
+    sections = ("model", "variant", "data", "optim", "train")
+    mapping = {}
+    for _, row in runs.iterrows():
+        nested: dict = {}
+        for col, val in row.items():
+            section, _, key = str(col).partition(".")
+            if section in sections and key and not _missing(val):
+                nested.setdefault(section, {})[key] = val.item() if hasattr(val, "item") else val
+        cfg = from_dict(nested)
+        if row["run_id"] not in (legacy_hash(cfg), legacy_hash(cfg, machine_paths=False), run_id(cfg)):
+            raise ValueError(f"run {row['run_id']}: its config columns do not give its id back")
+        mapping[row["run_id"]] = run_id(cfg)
+    return mapping
+
+
+def _missing(val) -> bool:
+    try:
+        return val != val  # NaN (a column another variant's options left empty)
+    except (TypeError, ValueError):
+        return False
