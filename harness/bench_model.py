@@ -56,7 +56,7 @@ from variants.peers import (
     package_version,
 )
 
-DEFAULT_VARIANTS = ("identity", "hc", "mhc", "mhc-lite")
+DEFAULT_VARIANTS = ("identity", "hc", "mhc", "mhc-lite", "kromhc", "frac", "orthostochastic")
 
 if TYPE_CHECKING:
     import pandas as pd

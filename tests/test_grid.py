@@ -72,7 +72,10 @@ def test_paper_grids_have_three_seeds_and_the_papers_settings():
             cells.setdefault(tuple((k, v) for k, v in r.settings.items() if k != "train.seed"), set()).add(r.cfg.train.seed)
         assert all(len(seeds) >= 3 for seeds in cells.values()), name
     main = load_grid(GRIDS / "main.toml")
-    assert {r.cfg.variant.name for r in main.runs} == {"identity", "hc", "mhc", "mhc-lite"}
+    assert {r.cfg.variant.name for r in main.runs} == {"identity", "hc", "mhc", "mhc-lite", "kromhc", "frac", "orthostochastic"}
+    depth = load_grid(GRIDS / "depth.toml")
+    assert {r.cfg.model.n_layer for r in depth.runs} == {2, 4, 8, 16, 32}
+    assert {r.cfg.variant.name for r in depth.runs} == {r.cfg.variant.name for r in main.runs}
     table1 = load_grid(GRIDS / "table1.toml")
     assert {r.cfg.variant.fixed for r in table1.runs if r.cfg.variant.name == "hc"} >= {"pre,post", "post", ""}
     k = load_grid(GRIDS / "k_sweep.toml")

@@ -17,6 +17,9 @@ CASES = {
     "mhc-k1-kernel": ["variant.name=mhc", "variant.sk_iters=1", "variant.sk_mode=kernel"],
     "mhc-res-only": ["variant.name=mhc", "variant.fixed=pre,post"],
     "mhc-lite": ["variant.name=mhc-lite"],
+    "kromhc": ["variant.name=kromhc"],
+    "frac": ["variant.name=frac"],
+    "orthostochastic": ["variant.name=orthostochastic"],
 }
 
 
@@ -33,7 +36,7 @@ def test_variant_trains_with_finite_falling_loss(tiny_cfg, case):
     d = pd.read_parquet(result.run_dir / "diagnostics.parquet")
     assert sorted(d.step.unique()) == [0, 20, 40]
     whole = d[(d.scope == "span") & (d.start == 0) & (d.end == d.end.max()) & (d.stat == "token_mean")].set_index(["step", "metric"])["value"]
-    if case in ("identity", "mhc-res-only", "mhc", "mhc-lite"):
+    if case in ("identity", "mhc-res-only", "mhc", "mhc-lite", "kromhc"):
         assert whole.xs("amax_fwd", level="metric").le(1 + 1e-4).all()  # row-stochastic composites
 
 

@@ -15,13 +15,15 @@ time (tests/test_variant_contract.py's throwaway variant), gets them without edi
     autocast      under bf16 autocast the fp32 stream stays fp32, and so do the coefficients
     diagnostics   the diagnostics rows of a model with the variant are complete and finite
     n = 1         at one stream (where the variant takes it) the model trains like any other
-    backends      torch and triton agree on outputs and gradients for random inputs and upstream
-                  gradients, where the variant has kernels (fp32, precision ieee where it has one)
+    backends      where the variant has kernels: triton's outputs and gradients (random inputs and
+                  upstream gradients, fp32, precision ieee where it has one) are as close to the
+                  float64 reference as the torch backend's own fp32 run
     foreign       an option of another variant is refused in one line that names its owners
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -60,10 +62,19 @@ def residual(name: str, options: dict, n: int, d_model: int = 8, index: int = 1,
     return build_variant(VariantConfig(name, n, backend, **options), d_model, 4).make(index)
 
 
+def stream_input(name: str, options: dict, n: int, d_model: int, B: int, T: int, g, dtype=torch.float32):
+    """Random streams in the variant's own layout (B, T, n, C) or, for frac, (B, T, m, C/m):
+    its expand() of a random embedding, plus independent noise so the streams differ."""
+    variant = build_variant(VariantConfig(name, n, **options), d_model, 4)
+    x = variant.expand(torch.randn(B, T, d_model, generator=g, dtype=dtype))
+    return x + torch.randn(x.shape, generator=g, dtype=dtype)
+
+
 def streams(name: str) -> int:
-    """A stream count the variant takes, other than its default where it can (3 exercises padding)."""
-    lo, hi = get_variant_class(name).n_range
-    return min(max(3, lo), hi)
+    """The stream count the variant's contract runs at (its `contract_n`, within its range)."""
+    cls = get_variant_class(name)
+    lo, hi = cls.n_range
+    return min(max(cls.contract_n, lo), hi)
 
 
 # =============================================================================================
@@ -99,7 +110,7 @@ def check_gradients(name: str, options: dict) -> None:
     branch = torch.nn.Linear(C, C).double()
     names, params = zip(*r.named_parameters()) if list(r.parameters()) else ((), ())
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 3, n, C, generator=g, dtype=torch.float64)
+    x = stream_input(name, options, n, C, 1, 3, g, torch.float64)
 
     def f(x, *ps):
         return torch.func.functional_call(r, dict(zip(names, ps)), (x, branch))
@@ -122,7 +133,7 @@ def check_gradients(name: str, options: dict) -> None:
 def check_autocast(name: str, options: dict) -> None:
     n = streams(name)
     r = residual(name, options, n)
-    x = torch.randn(2, 5, n, 8)
+    x = stream_input(name, options, n, 8, 2, 5, torch.Generator().manual_seed(5))
     branch = torch.nn.Linear(8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h, mix = r.prepare(x)
@@ -152,6 +163,9 @@ def check_one_stream(name: str, options: dict) -> None:
 
 
 def check_backends(name: str, options: dict) -> None:
+    """Triton's outputs and gradients are as close to the float64 reference as the torch backend's
+    own float32 run is (within 2x, plus 1e-5 of the largest value): some maps, Newton-Schulz
+    among them, amplify fp32 rounding on their own, so a fixed tolerance would be wrong for them."""
     from kernels import backend as kb
 
     if "triton" not in get_variant_class(name).backends:
@@ -160,28 +174,33 @@ def check_backends(name: str, options: dict) -> None:
     if kb.triton_unavailable_reason(device):
         pytest.skip(kb.triton_unavailable_reason(device))
     fields = {f.name for f in dataclasses.fields(get_variant_class(name).options_cls)}
-    exact = {"precision": "ieee"} if "precision" in fields else {}
+    opts = {**options, **({"precision": "ieee"} if "precision" in fields else {})}  # fp32 dots, no tf32
     n = streams(name)
-    mods = {}
-    for backend in ("torch", "triton"):
-        torch.manual_seed(0)
-        mods[backend] = residual(name, {**options, **exact}, n, d_model=24, index=3, backend=backend).to(device)
-    randomise(mods["torch"])
-    mods["triton"].load_state_dict(mods["torch"].state_dict())
+    torch.manual_seed(0)
+    ref = residual(name, opts, n, d_model=24, index=3)
+    randomise(ref)
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 5, n, 24, generator=g).to(device)
-    up = torch.randn(2, 5, n, 24, generator=g).to(device)
+    x = stream_input(name, opts, n, 24, 2, 5, g)
+    up = torch.randn(x.shape, generator=g)
     torch.manual_seed(2)
-    branch = torch.nn.Linear(24, 24).to(device)
-    results = {}
-    for backend, r in mods.items():
-        xi = x.clone().requires_grad_()
-        out = r(xi, branch)
-        results[backend] = (out, torch.autograd.grad(out, [xi, *r.parameters()], up))
-    (out_t, grads_t), (out_k, grads_k) = results["torch"], results["triton"]
-    torch.testing.assert_close(out_k, out_t, rtol=1e-4, atol=1e-5)
-    for (key, _), gk, gt in zip([("x", None), *mods["torch"].named_parameters()], grads_k, grads_t):
-        torch.testing.assert_close(gk, gt, rtol=1e-4, atol=1e-5, msg=lambda m, k=key: f"d{k}: {m}")
+    branch = torch.nn.Linear(24, 24)
+
+    def run(backend: str, dtype) -> list:
+        r = residual(name, opts, n, d_model=24, index=3, backend=backend)
+        r.load_state_dict(ref.state_dict())
+        r, b = r.to(device=device, dtype=dtype), copy.deepcopy(branch).to(device=device, dtype=dtype)
+        xi = x.to(device=device, dtype=dtype).requires_grad_()
+        out = r(xi, b)
+        return [out, *torch.autograd.grad(out, [xi, *r.parameters()], up.to(device=device, dtype=dtype))]
+
+    exact, plain, fused = run("torch", torch.float64), run("torch", torch.float32), run("triton", torch.float32)
+    names = ["out", "dx"] + [f"d{k}" for k, _ in ref.named_parameters()]
+    for what, e, p, f in zip(names, exact, plain, fused):
+        e = e.detach().double().cpu()
+        assert torch.isfinite(f).all(), f"{what}: triton gave non-finite values"
+        err_plain = (p.detach().double().cpu() - e).abs().max().item()
+        err_fused = (f.detach().double().cpu() - e).abs().max().item()
+        assert err_fused <= 2 * err_plain + 1e-5 * max(1.0, e.abs().max().item()), (what, err_fused, err_plain)
 
 
 def check_foreign_option_refused(name: str, options: dict) -> None:

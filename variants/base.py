@@ -110,6 +110,7 @@ class ResidualVariant:
     n_range: tuple[int, int] = (1, 1)  # smallest and largest n_streams (inclusive)
     backends: tuple[str, ...] = ("torch",)
     contract_options: tuple[dict, ...] = ({},)  # option sets the contract tests run (tests/variant_contract.py)
+    contract_n: int = 3  # the stream count they use (3 exercises padding to a power of 2 in the kernels)
 
     def __init__(self, cfg: VariantConfig, d_model: int, n_sublayers: int):
         self.cfg, self.d_model, self.n_sublayers = cfg, d_model, n_sublayers

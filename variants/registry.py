@@ -20,6 +20,9 @@ REGISTRY: dict[str, str] = {
     "hc": "variants.hc:HC",
     "mhc": "variants.mhc:MHC",
     "mhc-lite": "variants.mhc_lite:MHCLite",
+    "kromhc": "variants.kromhc:KromHC",
+    "frac": "variants.frac:Frac",
+    "orthostochastic": "variants.orthostochastic:Orthostochastic",
 }
 
 

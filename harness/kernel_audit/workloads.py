@@ -28,6 +28,8 @@ VARIANT_KINDS = {
     "mhc-tf32x3": dict(name="mhc", precision="tf32x3"),  # three tf32 products: ~fp32 accuracy on tensor cores
     "hc": dict(name="hc"),  # per-stream RMSNorm + θ projection, tanh in PyTorch
     "hc-ieee": dict(name="hc", precision="ieee"),
+    "kromhc": dict(name="kromhc"),  # mHC's projection at 2n + log2 n columns; Kronecker H_res in PyTorch
+    "orthostochastic": dict(name="orthostochastic"),  # Newton-Schulz H_res in PyTorch
     "mhc-fixed-res": dict(name="mhc", fixed="res"),  # H_res = I: heads without Sinkhorn
     "mhc-fixed-pre-post": dict(name="mhc", fixed="pre,post"),  # H_pre = 1/n, H_post = 1
 }
