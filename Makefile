@@ -21,9 +21,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Static checks CI runs before the tests: pyflakes and import order (ruff).
+# Static checks CI runs before the tests: pyflakes and import order (ruff), and the one-way
+# layers and absence of import circles of pyproject.toml's import-linter contracts.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean-runs:
 	rm -rf runs

@@ -24,7 +24,7 @@ Sinkhorn rounds), timed in the same interleaved rounds under the same backend la
 eager, compile = torch.compile; they have no Triton path), so their overhead is against the
 same identity step as ours. A case that cannot run (package missing, the peer's API drifted, an
 option it lacks, out of memory) gets one row with metric 'skipped' and the reason in `note`,
-as in kernels/bench.py, so the table says what was not measured instead of failing.
+as in harness/bench_kernels.py, so the table says what was not measured instead of failing.
 
 Activation memory (`act_*` metrics) is not timed but counted exactly: the bytes autograd saves
 for the backward per token (harness/activation_memory.py), without and with `train.recompute`,
@@ -137,7 +137,8 @@ def case_config(preset: str, variant: str, n: int, backend: str, d_model: int | 
     variant option among the overrides (`--set variant.sk_iters=5`) applies to the variants that
     have it; the others are benchmarked at their own settings."""
     from harness.presets import get_preset
-    from variants.options import option_fields, options_class
+    from variants.options import option_fields
+    from variants.registry import options_class
 
     cfg = get_preset(preset)
     own = option_fields(options_class(variant))

@@ -78,9 +78,10 @@ def cmd_diagnose(args) -> int:
     from pathlib import Path
 
     from harness.diagnostics import DIAGNOSTICS_NAME, diagnose_run
+    from harness.rundir import RunDir
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not RunDir.is_run(run_dir):
         raise UserError(f"{run_dir} is not a run folder (no config.json); pass a folder under runs/")
     df = diagnose_run(run_dir, batch_index=args.batch, spans=args.spans, device=args.device)
     spans = df[(df.scope == "span") & (df.start == 0) & (df.stat == "token_mean")]
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.bench_model import register as register_bench_model
 
     register_bench_model(bench)
-    from kernels.bench_cli import register as register_bench_kernels
+    from harness.bench_kernels_cli import register as register_bench_kernels
 
     register_bench_kernels(bench)
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_publish)
 
     from harness.demo import register as register_demo
-    from harness.eval import register as register_eval
+    from harness.eval.cli import register as register_eval
     from slurm.cli import register as register_grid
 
     register_eval(sub)
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.cli = main  # commands made of commands (the demo) run each as a user would, without importing this module
     try:
         return args.func(args)
     except UserError as e:

@@ -14,31 +14,9 @@ import typing
 from dataclasses import dataclass
 
 from harness.errors import UserError, did_you_mean
-from variants.options import (  # noqa: F401 (re-exported)
-    COMMON,
-    VariantConfig,
-    check_choices,
-    coerce,
-    doc,
-    parse_value,
-)
-
-# Every variant shared one options section until variants declared their own (variants/options.py).
-# These are its fields and defaults: a config.json saved then carries them whatever the variant
-# (from_dict drops those at their default), and legacy run ids hashed them (harness/run_id.py).
-LEGACY_VARIANT_DEFAULTS = {"mode": "dynamic", "fixed": "", "sk_iters": 20, "sk_mode": "paper", "sk_tol": 1e-6,
-                           "sk_max_iters": 2000, "alpha_init": 0.01, "res_init_offdiag": -8.0, "prepost_init_logit": 1.0}
-# added later: in the legacy hash only when away from this default
-LATER_VARIANT_DEFAULTS = {"precision": "tf32"}
-
-
-def legacy_variant_section(v: VariantConfig) -> dict:
-    """The variant section as legacy run ids hashed it, when every variant had every option."""
-    resolved = v.resolved()
-    d = {"name": v.name, "n_streams": v.n_streams, "backend": v.backend}
-    d.update({k: resolved.get(k, default) for k, default in LEGACY_VARIANT_DEFAULTS.items()})
-    d.update({k: resolved[k] for k, default in LATER_VARIANT_DEFAULTS.items() if resolved.get(k, default) != default})
-    return d
+from harness.run_id import LATER_VARIANT_DEFAULTS, LEGACY_VARIANT_DEFAULTS, run_id
+from variants.options import COMMON, coerce, doc, flatten  # noqa: F401 (flatten: re-exported for the harness)
+from variants.registry import VariantConfig
 
 
 @dataclass
@@ -187,8 +165,6 @@ class Config:
 
     def config_hash(self) -> str:
         """The run's id: a short hash of what differs from the pinned defaults (harness/run_id.py)."""
-        from harness.run_id import run_id
-
         return run_id(self)
 
     def run_name(self) -> str:
@@ -317,17 +293,6 @@ def _variant_from_dict(d: dict) -> VariantConfig:
             continue
         v.set_option(key, val)
     return v
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    """A nested dict (`to_dict()`, a saved config.json, a TOML table) as {"section.field": value}."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def describe(cfg: Config) -> str:

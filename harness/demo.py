@@ -31,18 +31,16 @@ def _done(t0: float) -> None:
 
 def _evaluated(run_dir: Path, tasks: list[str]) -> bool:
     """Whether the run already has rows for every demo task (re-running the demo reuses them)."""
-    f = run_dir / "evals.parquet"
-    if not f.is_file():
-        return False
-    import pandas as pd
+    from harness.rundir import RunDir
 
-    have = set(pd.read_parquet(f, columns=["task"])["task"])
-    return all(t in have for t in tasks)
+    evals = RunDir(run_dir, writer=False).read_table("evals", columns=["task"])
+    return evals is not None and all(t in set(evals["task"]) for t in tasks)
 
 
 def run_demo(args) -> int:
-    from harness.cli import main
     from harness.eval.suites import parse_tasks
+
+    main = args.cli  # harness/cli.main: every stage is the command a user would type
 
     runs_dir = args.runs_dir
     exp_name = args.experiment

@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from kernels.sinkhorn_reference import stochasticity_gaps
 from variants.base import Mixing
-from variants.sinkhorn import stochasticity_gaps
 
 SPAN_SETS = ("paper", "all")
 STATS = ("token_mean", "token_max", "mean_matrix")

@@ -7,7 +7,7 @@ pandas, pyarrow and pytest, but no lm-eval, submitit or optuna, so nothing here 
                against its fp64 reference with random upstream gradients, the custom-op
                registration, tf32 within its bound) and the no-host-sync training step test
   2. precision the projection kernel against fp64 at the paper's shapes, tf32 / tf32x3 / ieee
-               (what kernels/precision.py emulates on the CPU, measured)
+               (what kernels/precision.py emulates on the CPU, measured: harness/tf32_accuracy.py)
   3. kernels   `bench kernels` at the paper's shapes, bf16, ours beside Liger-Kernel's and the
                PyTorch reference, against the copy bandwidth measured in the same run
   4. model     `bench model` at gpt-s: identity / hc / mhc / mhc-lite x torch / compile / triton
@@ -50,7 +50,7 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
     if dry_run:
         return [
             ("tests", py + ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_kernel_ops.py", "tests/test_precision.py"], 600),
-            ("precision", py + ["-m", "kernels.precision", "--device", "cpu", "--shapes", "2x64", "--rows", "8",
+            ("precision", py + ["-m", "harness.tf32_accuracy", "--device", "cpu", "--shapes", "2x64", "--rows", "8",
                                 "--precisions", "tf32,ieee", "--out", str(out / "precision.parquet")], 300),
             ("kernels", py + ["-m", "harness", "bench", "kernels", "--device", "cpu", "--quick", "--triton-interpreter",
                               "--ops", "premix,post_res", "--providers", "torch,triton,liger", "--modes", "fwd",
@@ -62,7 +62,7 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
     return [
         ("tests", py + ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *KERNEL_TESTS,
                         "tests/test_train.py::test_steps_do_not_synchronise_with_the_host"], 200),
-        ("precision", py + ["-m", "kernels.precision", "--device", "cuda", "--out", str(out / "precision.parquet")], 40),
+        ("precision", py + ["-m", "harness.tf32_accuracy", "--device", "cuda", "--out", str(out / "precision.parquet")], 40),
         ("kernels", py + ["-m", "harness", "bench", "kernels", "--device", "cuda", "--dtype", "bf16",
                           "--shapes", "16384x4096x4,4096x7168x4,16384x4096x8", "--providers", "torch,triton,liger",
                           "--out", str(out / "bench-kernels.parquet")], 100),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from harness.atomic import write_text
 from harness.errors import UserError
+from harness.rundir import RunDir
 
 SMALL_TABLE_BYTES = 20 * 1024 * 1024  # publish copies tables up to this size
 
@@ -41,9 +42,9 @@ def load(experiment: Path):
             per_run.append({"run": run.path.name, "path": run.path, "label": row.label, "seed": run.config["train"]["seed"],
                             "config": run.config, "val_loss": run.val_loss})
     tables = {}
-    for name in ("metrics", "diagnostics", "evals"):
-        frames = [pd.read_parquet(r["path"] / f"{name}.parquet").assign(run=r["run"], label=r["label"], seed=r["seed"])
-                  for r in per_run if (r["path"] / f"{name}.parquet").is_file()]
+    for name in RunDir.TABLES:
+        frames = [df.assign(run=r["run"], label=r["label"], seed=r["seed"]) for r in per_run
+                  if (df := RunDir(r["path"], writer=False).read_table(name)) is not None]
         tables[name] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     runs = pd.DataFrame([{"run": r["run"], "label": r["label"], "seed": r["seed"], "val_loss": r["val_loss"],
                           **{f"variant.{k}": v for k, v in r["config"]["variant"].items()}} for r in per_run])

@@ -13,7 +13,7 @@ an id means: tests/test_run_id.py fails until the pinned file gets a new version
 Runs named before this scheme hashed every field of the config (`legacy_hash`). They are
 migrated once, where they are met: a run folder `<preset>-<variant>-<legacy id>` is renamed to
 the new id by `mhc-bench train` (harness/train.py), an experiment's manifest is re-keyed when
-first read (slurm/experiment.py), and published tables by `migrate_table`.
+first read (slurm/experiment.py), and published tables by harness/run_migration.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,18 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from variants.options import flatten
+from variants.registry import VariantConfig
+
 DEFAULTS_FILE = Path(__file__).with_name("run_id_defaults.json")
+
+# Every variant shared one options section until variants declared their own (variants/options.py).
+# These are its fields and defaults: a config.json saved then carries them whatever the variant
+# (from_dict drops those at their default), and legacy run ids hashed them (harness/run_id.py).
+LEGACY_VARIANT_DEFAULTS = {"mode": "dynamic", "fixed": "", "sk_iters": 20, "sk_mode": "paper", "sk_tol": 1e-6,
+                           "sk_max_iters": 2000, "alpha_init": 0.01, "res_init_offdiag": -8.0, "prepost_init_logit": 1.0}
+# added later: in the legacy hash only when away from this default
+LATER_VARIANT_DEFAULTS = {"precision": "tf32"}
 
 # How a run is executed, not what it computes, and where this machine keeps the shared data:
 # never part of its id. (The run section and the preset name are left out too: where a run
@@ -40,19 +51,16 @@ def pinned() -> tuple[int, dict]:
 
 def identifying(cfg) -> dict:
     """{flat key: value} of everything that identifies the run; variant options as `variant.<option>`."""
-    from harness.config import flatten
-
     d = cfg.to_dict()
     d.pop("run")
     d.pop("preset")
     return {k: v for k, v in flatten(d).items() if k not in EXECUTION_ONLY}
 
 
-def code_defaults(variant: str) -> dict:
-    """The code's defaults of every identifying key, variant options keyed `<variant>:<option>`."""
-    from harness.config import Config, VariantConfig
-
-    cfg = Config()
+def code_defaults(config_cls, variant: str) -> dict:
+    """The code's defaults of every identifying key (a fresh `config_cls()`, harness.config.Config),
+    variant options keyed `<variant>:<option>`."""
+    cfg = config_cls()
     cfg.variant = VariantConfig(variant)
     out = {}
     for k, v in identifying(cfg).items():
@@ -70,7 +78,7 @@ def _pin_key(key: str, variant: str) -> str:
 def run_id(cfg) -> str:
     version, defaults = pinned()
     variant = cfg.variant.name
-    fallback = code_defaults(variant)
+    fallback = code_defaults(type(cfg), variant)
     diff = {}
     for k, v in identifying(cfg).items():
         pk = _pin_key(k, variant)
@@ -85,8 +93,6 @@ def legacy_hash(cfg, machine_paths: bool = True) -> str:
     options section), run section and execution fields left out. A grid hashed its runs before
     filling in this machine's data paths; `machine_paths=False` does the same for a config saved
     after (a manifest's, a runs table's)."""
-    from harness.config import legacy_variant_section
-
     d = cfg.to_dict()
     if not machine_paths:
         d["data"]["data_root"] = d["data"]["cache_dir"] = ""
@@ -113,46 +119,10 @@ def migrate_run_folder(cfg) -> None:
         os.replace(old, new)
 
 
-def migrate_tables(folder) -> dict[str, str]:
-    """Re-key a published experiment folder's tables from legacy ids to current ones, in place
-    (atomically, file by file): its runs.parquet (each run's config flattened into columns) gives
-    the mapping, and every Parquet table with a `run_id` column is rewritten. Idempotent.
-    Returns {legacy id: current id}."""
-    import pandas as pd
-
-    from harness.atomic import write_parquet
-
-    folder = Path(folder)
-    mapping = id_map_from_runs_table(pd.read_parquet(folder / "runs.parquet"))
-    for path in sorted(folder.glob("*.parquet")):
-        df = pd.read_parquet(path)
-        if "run_id" in df.columns and df["run_id"].isin(list(mapping)).any():
-            df["run_id"] = df["run_id"].map(lambda r: mapping.get(r, r))
-            write_parquet(path, df)
-    return mapping
-
-
-def id_map_from_runs_table(runs) -> dict[str, str]:
-    """{legacy id: current id} from a runs table whose columns hold each run's flattened config."""
-    from harness.config import from_dict
-
-    sections = ("model", "variant", "data", "optim", "train")
-    mapping = {}
-    for _, row in runs.iterrows():
-        nested: dict = {}
-        for col, val in row.items():
-            section, _, key = str(col).partition(".")
-            if section in sections and key and not _missing(val):
-                nested.setdefault(section, {})[key] = val.item() if hasattr(val, "item") else val
-        cfg = from_dict(nested)
-        if row["run_id"] not in (legacy_hash(cfg), legacy_hash(cfg, machine_paths=False), run_id(cfg)):
-            raise ValueError(f"run {row['run_id']}: its config columns do not give its id back")
-        mapping[row["run_id"]] = run_id(cfg)
-    return mapping
-
-
-def _missing(val) -> bool:
-    try:
-        return val != val  # NaN (a column another variant's options left empty)
-    except (TypeError, ValueError):
-        return False
+def legacy_variant_section(v: VariantConfig) -> dict:
+    """The variant section as legacy run ids hashed it, when every variant had every option."""
+    resolved = v.resolved()
+    d = {"name": v.name, "n_streams": v.n_streams, "backend": v.backend}
+    d.update({k: resolved.get(k, default) for k, default in LEGACY_VARIANT_DEFAULTS.items()})
+    d.update({k: resolved[k] for k, default in LATER_VARIANT_DEFAULTS.items() if resolved.get(k, default) != default})
+    return d

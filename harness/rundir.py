@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import fcntl
 import json
+import math
 import os
 import platform
 import socket
@@ -89,12 +90,64 @@ class RunLockedError(UserError):
 
 
 class RunDir:
+    """A run folder: written by the training loop, and the one place anything reads one back.
+
+    config.json, env.json, status.json, and the Parquet tables (metrics, diagnostics, evals);
+    a damaged file is one UserError naming it, a missing one None.
+    """
+
+    TABLES = ("metrics", "diagnostics", "evals")
+
     def __init__(self, path: Path, writer: bool = True):
         self.path = Path(path)
         self.writer = writer  # False on the non-zero ranks of a multi-process run: rank 0 writes
         self.checkpoint = self.path / CHECKPOINT_NAME
         self.metrics_path = self.path / "metrics.parquet"
         self._lock_fd = None
+
+    # ------------------------------------------------------------------ reading
+    @staticmethod
+    def is_run(path) -> bool:
+        """Whether `path` is a run folder (it has the config.json every run writes first)."""
+        return (Path(path) / "config.json").is_file()
+
+    def read_config(self) -> dict:
+        """config.json as written (a Config: harness.config.from_dict of it)."""
+        return self._json("config.json", required=True)
+
+    def read_env(self) -> dict:
+        return self._json("env.json", required=False) or {}
+
+    def read_table(self, name: str, columns=None):
+        """<name>.parquet (metrics, diagnostics, evals) as a DataFrame, or None if the run has none."""
+        import pandas as pd
+
+        f = self.path / f"{name}.parquet"
+        if not f.is_file():
+            return None
+        try:
+            return pd.read_parquet(f, columns=columns)
+        except Exception as e:  # a truncated or foreign file
+            raise UserError(f"cannot read {f}: {type(e).__name__}: {e}") from None
+
+    def final_val_loss(self) -> float:
+        """The last validation loss in metrics.parquet (NaN without one)."""
+        df = self.read_table("metrics")
+        if df is None or "split" not in df:
+            return math.nan
+        val = df[df["split"] == "val"].sort_values("step")
+        return float(val["loss"].iloc[-1]) if len(val) else math.nan
+
+    def _json(self, name: str, required: bool):
+        f = self.path / name
+        try:
+            return json.loads(f.read_text())
+        except FileNotFoundError:
+            if required:
+                raise UserError(f"{self.path} is not a run folder (no {name})") from None
+            return None
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read {f}: {e}") from None
 
     # ------------------------------------------------------------------ status
     def read_status(self) -> dict | None:

@@ -9,7 +9,9 @@ one public function with a `backend` switch (torch | triton | auto, see backend.
     project.py       project(x, phi, eps)               RMSNorm(x) φ, GEMM + Σx² fused (kernel 1)
     coefficients.py  coefficient_heads(mix, α, b, ...)  α, b, σ, 2σ, Sinkhorn / perm   (kernels 2 + 3)
     sinkhorn.py      sinkhorn(logits, k, mode)          Sinkhorn alone (same device code)
-    bench.py         `mhc-bench bench kernels` (bench_cli.py registers it)
+    precision.py     tf32 as the tensor cores read it (emulated), its error bound
 
-The tests (tests/test_kernels*.py) and the benchmark import the same references.
+The tests (tests/test_kernels*.py) and the benchmark (harness/bench_kernels.py, `mhc-bench bench
+kernels`) import the same references. Nothing here imports from variants/ or harness/: this is
+the bottom layer (pyproject.toml's import-linter contract).
 """

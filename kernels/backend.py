@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 
-from harness.errors import UserError
+from kernels.errors import UserError
 
 BACKENDS = ("torch", "triton", "auto")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # stream dtypes the kernels take

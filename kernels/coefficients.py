@@ -28,7 +28,7 @@ from torch import Tensor
 
 from kernels.backend import absent, kernel_op, load, resolve
 from kernels.sinkhorn import mode_reason
-from variants.sinkhorn import KERNEL_EPS, sinkhorn
+from kernels.sinkhorn_reference import KERNEL_EPS, permutation_mixture, sinkhorn
 
 MAPPINGS = ("pre", "post", "res")
 RES_KINDS = ("sinkhorn", "perm")
@@ -63,10 +63,6 @@ def heads_reference(mix: Tensor | None, alphas: Sequence[Tensor] | None, biases:
             res_logits = logits.unflatten(-1, (n, n))  # row-major: [i, j] = from stream j to i
             out["res"] = sinkhorn(res_logits, sk_iters, sk_mode, sk_tol, sk_max_iters)  # Eq. 19
         else:
-            from variants.mhc_lite import (
-                permutation_mixture,  # (variants.mhc_lite imports variants.mhc)
-            )
-
             out["res"] = permutation_mixture(logits, perms)
     return out["pre"], out["post"], out["res"], res_logits
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from kernels.backend import dtype_reason, kernel_op, load, resolve
 from kernels.precision import tf32_round
-from variants.sinkhorn import compute_dtype
+from kernels.sinkhorn_reference import compute_dtype
 
 PRECISIONS = ("ieee", "tf32", "tf32x3")
 MAX_WIDTH = 256  # W held in one register tile by the backward kernel

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from kernels.backend import kernel_op, load, resolve
-from variants.sinkhorn import KERNEL_EPS
-from variants.sinkhorn import sinkhorn as sinkhorn_reference
+from kernels.sinkhorn_reference import KERNEL_EPS
+from kernels.sinkhorn_reference import sinkhorn as sinkhorn_reference
 
 KERNEL_MODES = ("paper", "kernel")
 

@@ -169,7 +169,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from slurm.experiment import find_experiment
+    from slurm.grid import find_experiment
 
     exp = find_experiment(args.experiment, args.runs_dir)
     rows = exp.run_rows(all_versions=args.all)
@@ -196,7 +196,8 @@ def cmd_status(args) -> int:
 def cmd_collect(args) -> int:
     import pandas as pd
 
-    from slurm.experiment import collect, find_experiment
+    from slurm.experiment import collect
+    from slurm.grid import find_experiment
 
     exp = find_experiment(args.experiment, args.runs_dir)
     for name, path in collect(exp, all_versions=args.all).items():

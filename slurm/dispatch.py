@@ -118,7 +118,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 cfg.train.threads = int(cpus)  # not part of the run's identity: resume checks still pass
         hook = None
         if self.spec.get("sweep") and env.global_rank == 0:  # an Optuna trial's run: report val loss, maybe prune
-            from slurm.sweep import PruningHook
+            from slurm.pruning import PruningHook
 
             hook = PruningHook(self.spec["sweep"])
         with _Preemption(env) as stop:

@@ -212,25 +212,6 @@ def scheduler_states(exp_path: Path, jobs: dict[str, tuple[str, str]]) -> dict[s
         return states | {j: f"UNKNOWN ({type(e).__name__})" for j in rest}
 
 
-def find_experiment(arg: str, runs_dir: str | None = None) -> Experiment:
-    """An experiment from a folder, a grid file (its experiment folder) or a name under runs_dir."""
-    p = Path(arg).expanduser()
-    if p.is_dir() and (p / MANIFEST).is_file():
-        return Experiment(p.resolve())
-    if p.suffix == ".toml" and p.is_file():
-        from slurm.grid import load_grid
-
-        return Experiment(load_grid(p, runs_dir=runs_dir).exp_dir)
-    root = Path(runs_dir or "runs").expanduser().resolve()
-    if (root / arg / MANIFEST).is_file():
-        return Experiment(root / arg)
-    known = sorted(d.name for d in root.glob("*") if (d / MANIFEST).is_file()) if root.is_dir() else []
-    from harness.errors import did_you_mean
-
-    raise UserError(f"no experiment {arg!r} (looked for {p}/{MANIFEST} and {root / arg}/{MANIFEST})"
-                    + did_you_mean(arg, known) + (f"; experiments under {root}: {', '.join(known)}" if known else ""))
-
-
 # ---------------------------------------------------------------------- tables
 def collect(exp: Experiment, all_versions: bool = False) -> dict[str, Path]:
     """Merge the run tables into experiment-level Parquet tables; returns name -> path.
@@ -245,19 +226,19 @@ def collect(exp: Experiment, all_versions: bool = False) -> dict[str, Path]:
     rows, tables = [], {}
     for r in exp.run_rows(job_states=False, all_versions=all_versions):
         path = exp.path / r["folder"]
-        env = {}
-        if (path / "env.json").is_file():
-            env = json.loads((path / "env.json").read_text())
+        run = RunDir(path, writer=False)
+        env = run.read_env() if path.is_dir() else {}
         row = {k: r[k] for k in ("run_id", "name", "folder", "state", "step", "steps", "train_loss", "val_loss", "error", "job_id")}
         row["swept"] = ",".join(k for k in r["settings"] if k != "preset")
         row.update({f"env.{k}": env.get(k) for k in ("n_params", "world_size", "device", "device_name", "torch", "git_commit", "git_dirty", "host")})
         row.update(flatten(r["config"]))
         rows.append(row)
-        for table in sorted(path.glob("*.parquet")) if path.is_dir() else []:
-            df = pd.read_parquet(table)
-            df.insert(0, "name", r["name"])
-            df.insert(0, "run_id", r["run_id"])
-            tables.setdefault(table.stem, []).append(df)
+        for name in RunDir.TABLES:
+            df = run.read_table(name) if path.is_dir() else None
+            if df is not None:
+                df.insert(0, "name", r["name"])
+                df.insert(0, "run_id", r["run_id"])
+                tables.setdefault(name, []).append(df)
     if not rows:
         raise UserError(f"experiment {exp.path} has no runs")
     out = {"runs": exp.path / "runs.parquet"}

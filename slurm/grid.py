@@ -52,6 +52,7 @@ from typing import Any
 from harness.config import Config, all_keys, flatten, set_value
 from harness.errors import UserError, did_you_mean
 from harness.presets import PRESETS, get_preset
+from slurm.experiment import MANIFEST, Experiment
 
 TOP_LEVEL = ("name", "description", "preset", "base", "axes", "slurm", "tune")
 SHORTHANDS = {"seed": "train.seed", "lr": "optim.lr", "steps": "train.steps"}
@@ -164,7 +165,7 @@ def _check_key(key: str, where: str, variant: str | None = None) -> None:
     """Fail on a dotted key the config does not have, with the config's did-you-mean. A variant
     option is checked against `variant` when known; otherwise any variant's option passes here
     and each run's config, once its variant is set, refuses it where it does not belong."""
-    from variants.options import VariantConfig, variants_with_option
+    from variants.registry import VariantConfig, variants_with_option
 
     probe = Config()
     if variant is not None:
@@ -184,7 +185,7 @@ def _check_key(key: str, where: str, variant: str | None = None) -> None:
 
 
 def _any_variant_option(key: str) -> bool:
-    from variants.options import variants_with_option
+    from variants.registry import variants_with_option
 
     return bool(variants_with_option(key.removeprefix("variant.")))
 
@@ -391,8 +392,6 @@ def _adopt_folders(exp_dir: Path, runs: list[Run]) -> None:
     three adds "-seed=0"); its id does not. Without this, the same run would get a second
     folder and be trained twice.
     """
-    from slurm.experiment import Experiment
-
     experiment = Experiment(exp_dir)
     if not experiment.exists():
         return
@@ -426,3 +425,19 @@ def _localise(cfg: Config, root: Path, exp_dir: Path, folder: str) -> None:
     corpus = Path(cfg.data.corpus).expanduser()
     if not corpus.is_absolute() and corpus.exists():
         cfg.data.corpus = str(corpus.resolve())
+
+
+# ---------------------------------------------------------------------- finding an experiment
+def find_experiment(arg: str, runs_dir: str | None = None):
+    """An experiment from a folder, a grid file (its experiment folder) or a name under runs_dir."""
+    p = Path(arg).expanduser()
+    if p.is_dir() and (p / MANIFEST).is_file():
+        return Experiment(p.resolve())
+    if p.suffix == ".toml" and p.is_file():
+        return Experiment(load_grid(p, runs_dir=runs_dir).exp_dir)
+    root = Path(runs_dir or "runs").expanduser().resolve()
+    if (root / arg / MANIFEST).is_file():
+        return Experiment(root / arg)
+    known = sorted(d.name for d in root.glob("*") if (d / MANIFEST).is_file()) if root.is_dir() else []
+    raise UserError(f"no experiment {arg!r} (looked for {p}/{MANIFEST} and {root / arg}/{MANIFEST})"
+                    + did_you_mean(arg, known) + (f"; experiments under {root}: {', '.join(known)}" if known else ""))

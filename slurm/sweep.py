@@ -52,6 +52,7 @@ from harness.errors import UserError, did_you_mean
 from harness.rundir import RunDir
 from slurm.experiment import ACTIVE_JOB_STATES, Experiment, is_locked, scheduler_states
 from slurm.grid import arm_labels, load_grid
+from slurm.pruning import PruningHook, make_pruner, open_storage  # noqa: F401 (jobs import them from here too)
 
 TUNE_KEYS = ("trials", "parallel", "metric", "direction", "sampler", "seed", "pruner", "params")
 
@@ -131,14 +132,6 @@ def pruner_spec(value, grid, where: str) -> dict:
     return {"name": name, **spec}
 
 
-def make_pruner(spec: dict):
-    import optuna
-
-    kwargs = {k: v for k, v in spec.items() if k != "name"}
-    return {"median": optuna.pruners.MedianPruner, "threshold": optuna.pruners.ThresholdPruner,
-            "none": optuna.pruners.NopPruner}[spec["name"]](**kwargs)
-
-
 def storage_url(storage: str | None, exp_dir: Path) -> str:
     """An RDB URL as given, else the journal file (default: <experiment>/optuna.journal)."""
     if storage and "://" in storage:
@@ -146,52 +139,8 @@ def storage_url(storage: str | None, exp_dir: Path) -> str:
     return str(Path(storage).expanduser().resolve() if storage else exp_dir / "optuna.journal")
 
 
-def open_storage(url: str):
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    if "://" not in url:
-        if not Path(url).parent.is_dir():
-            raise UserError(f"--storage {url}: the folder {Path(url).parent} does not exist")
-        return JournalStorage(JournalFileBackend(url))
-    try:
-        return optuna.storages.RDBStorage(url)
-    except Exception as e:  # a bad URL, a missing driver, an unreachable server
-        raise UserError(f"--storage {url}: cannot open it: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-
-
 def study_name(grid, arm: str) -> str:
     return f"{grid.name}/{arm}"
-
-
-class PruningHook:
-    """`train(..., on_validation=hook)` inside a trial's job: report val loss, ask the pruner.
-
-    Built from plain data in the job spec ({"storage", "study", "trial_id", "report", "pruner"}),
-    so it works wherever the job runs, as long as the storage is reachable (shared journal
-    file or database). Returns True (stop) when the pruner says so or the trial has ended.
-    """
-
-    def __init__(self, spec: dict):
-        self.spec, self.pruned, self._trial, self._storage = spec, False, None, None
-
-    def __call__(self, step: int, val_loss: float) -> bool:
-        import optuna
-
-        if self._trial is None:
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
-            self._storage = open_storage(self.spec["storage"])
-            study = optuna.load_study(study_name=self.spec["study"], storage=self._storage,
-                                      pruner=make_pruner(self.spec["pruner"]))
-            self._trial = optuna.trial.Trial(study, self.spec["trial_id"])
-        if self._storage.get_trial(self.spec["trial_id"]).state.is_finished():
-            self.pruned = True  # told already (a sibling run was pruned): no use going on
-            return True
-        if self.spec.get("report"):
-            self._trial.report(float(val_loss), int(step))
-        self.pruned = self._trial.should_prune()
-        return self.pruned
 
 
 class _Followed:

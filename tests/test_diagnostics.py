@@ -26,9 +26,9 @@ from harness.diagnostics import (
 )
 from harness.model import build_model
 from harness.presets import get_preset
+from kernels.sinkhorn_reference import sinkhorn_paper
 from variants.base import Mixing
 from variants.mhc_lite import permutation_matrices, permutation_mixture
-from variants.sinkhorn import sinkhorn_paper
 
 VOCAB = 64
 

@@ -130,7 +130,7 @@ def test_experiment_folder_and_errors(run_dir, tmp_path):
 
 
 def test_register_adds_eval_and_table_subcommands():
-    from harness.eval import register
+    from harness.eval.cli import register
 
     parser = argparse.ArgumentParser(prog="mhc-bench")
     register(parser.add_subparsers(dest="command"))

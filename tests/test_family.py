@@ -7,9 +7,8 @@ import torch
 from harness.errors import UserError
 from tests.variant_contract import residual, tiny_model
 from variants.kromhc import kron_factors
-from variants.options import VariantConfig
 from variants.orthostochastic import newton_schulz, orthostochastic
-from variants.registry import build_variant
+from variants.registry import VariantConfig, build_variant
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

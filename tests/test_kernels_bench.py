@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from kernels.bench import MODES, OPS, PROVIDERS, Shape, bytes_moved
-from kernels.bench_cli import register
+from harness.bench_kernels import MODES, OPS, PROVIDERS, Shape, bytes_moved
+from harness.bench_kernels_cli import register
 
 TIMED = {"time_median", "time_p20", "time_p80", "bandwidth", "copy_fraction"}
 COLUMNS = {"op", "provider", "mode", "tokens", "C", "n", "dtype", "metric", "value", "unit", "device", "versions", "note"}
@@ -47,8 +47,11 @@ def test_quick_bench_writes_a_complete_long_table(tmp_path, capsys):
                               & (df.tokens == s.tokens) & (df.C == s.C) & (df.n == s.n)]
                     metrics = set(rows.metric)
                     where = f"{op}/{provider}/{mode}/{s}"
+                    assert len(rows), f"{where}: no row at all"
                     if metrics == {"skipped"}:
                         assert len(rows) == 1 and rows.note.iloc[0], f"{where}: skipped without a reason"
+                        # ours always run here (triton in the interpreter on a CPU); only peers may be missing
+                        assert provider not in ("torch", "triton"), f"{where}: {rows.note.iloc[0]}"
                         continue
                     assert TIMED <= metrics, f"{where}: got {sorted(metrics)}"
                     v = rows.set_index("metric")["value"]
@@ -62,8 +65,12 @@ def test_quick_bench_writes_a_complete_long_table(tmp_path, capsys):
                             assert v["max_rel_diff_vs_torch"] < 1e-4, where
                     if provider == "torch":
                         assert rows.note.iloc[0] == "", where
+    timed = df[(df.metric == "time_median") & (df.op != "copy")]
+    for provider in ("torch", "triton"):  # every op at every shape timed, in both modes
+        assert len(timed[timed.provider == provider]) == len(OPS) * len(shapes) * len(MODES), provider
     if not cuda:  # without a GPU the peers are reported as skipped, with the reason
-        assert df[(df.provider == "liger")].metric.eq("skipped").all()
+        liger = df[df.provider == "liger"]
+        assert len(liger) and liger.metric.eq("skipped").all() and liger.note.str.contains("CUDA").all()
 
 
 def test_bytes_moved_counts_the_papers_io():

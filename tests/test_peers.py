@@ -183,7 +183,7 @@ def test_peers_option(tmp_path, capsys):
 
 
 def test_kernels_bench_hyper_connections_provider_runs(hc_package, single_thread):
-    from kernels.bench import Shape, _runner, build, make_inputs
+    from harness.bench_kernels import Shape, _runner, build, make_inputs
 
     shape = Shape(tokens=8, C=16, n=3)
     fn, params, note = build("connection", "hyper-connections", shape, torch.device("cpu"), 3, "ieee")

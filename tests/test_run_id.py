@@ -14,10 +14,10 @@ from harness.run_id import (
     code_defaults,
     identifying,
     legacy_hash,
-    migrate_tables,
     pinned,
     run_id,
 )
+from harness.run_migration import migrate_tables
 from variants.registry import variant_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_the_pinned_defaults_are_the_codes():
     version, defaults = pinned()
     current = dict(identifying(Config()))
     for name in variant_names():
-        current.update({k: v for k, v in code_defaults(name).items() if ":" in k})
+        current.update({k: v for k, v in code_defaults(Config, name).items() if ":" in k})
     changed = {k: (defaults[k], v) for k, v in current.items() if k in defaults and defaults[k] != v}
     assert not changed, (f"defaults changed since run-id version {version} (pinned, now): {changed}; add version "
                          f"{version + 1} to {Path('harness/run_id_defaults.json')} rather than renaming every run")
@@ -52,7 +52,8 @@ def test_a_field_added_with_its_default_changes_no_id(monkeypatch):
     before = run_id(cfg)
     real_identifying, real_defaults = rid.identifying, rid.code_defaults
     monkeypatch.setattr(rid, "identifying", lambda c: {**real_identifying(c), "model.new_field": 7, "variant.new_opt": "x"})
-    monkeypatch.setattr(rid, "code_defaults", lambda v: {**real_defaults(v), "model.new_field": 7, f"{v}:new_opt": "x"})
+    monkeypatch.setattr(rid, "code_defaults",
+                        lambda cls, v: {**real_defaults(cls, v), "model.new_field": 7, f"{v}:new_opt": "x"})
     assert run_id(cfg) == before
     monkeypatch.setattr(rid, "identifying", lambda c: {**real_identifying(c), "model.new_field": 8})
     assert run_id(cfg) != before

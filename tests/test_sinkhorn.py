@@ -7,8 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from variants.mhc_lite import permutation_matrices, permutation_mixture
-from variants.sinkhorn import (
+from kernels.sinkhorn_reference import (
     KERNEL_EPS,
     sinkhorn,
     sinkhorn_converged,
@@ -16,6 +15,7 @@ from variants.sinkhorn import (
     sinkhorn_paper,
     stochasticity_gaps,
 )
+from variants.mhc_lite import permutation_matrices, permutation_mixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.single_thread
 

@@ -36,8 +36,7 @@ from harness.diagnostics import diagnostics_rows
 from harness.errors import UserError
 from harness.model import build_model
 from harness.presets import get_preset
-from variants.options import VariantConfig
-from variants.registry import build_variant, get_variant_class
+from variants.registry import VariantConfig, build_variant, get_variant_class
 
 VOCAB = 64
 
@@ -205,8 +204,8 @@ def check_backends(name: str, options: dict) -> None:
 
 def check_foreign_option_refused(name: str, options: dict) -> None:
     """Another variant's option, given to this one, is one line naming the variants that have it."""
-    from variants.options import option_fields, options_class
-    from variants.registry import variant_names
+    from variants.options import option_fields
+    from variants.registry import options_class, variant_names
 
     own = set(option_fields(options_class(name)))
     foreign = next(((k, other) for other in variant_names() if other != name

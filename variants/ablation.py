@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.errors import UserError, did_you_mean
-from variants.options import BACKENDS, VariantConfig, doc
+from kernels.errors import UserError, did_you_mean
+from variants.options import BACKENDS, doc
+from variants.registry import VariantConfig
 
 MAPPINGS = ("pre", "post", "res")
 MODES = ("dynamic", "static")

@@ -17,13 +17,16 @@ time, so causality is structural) and, while `recording` is on, kept for diagnos
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
-from harness.errors import UserError, did_you_mean
-from variants.options import BACKENDS, NoOptions, VariantConfig
+from kernels.errors import UserError, did_you_mean
+from variants.options import BACKENDS, NoOptions
+
+if TYPE_CHECKING:  # annotations only: the registry finds variants, a variant never needs the registry
+    from variants.registry import VariantConfig
 
 
 @dataclass

@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.errors import UserError
+from kernels.errors import UserError
+from kernels.sinkhorn_reference import compute_dtype
 from variants.ablation import MODES
 from variants.base import Mixing, Residual, ResidualVariant
 from variants.hc import NORM_EPS, no_autocast
-from variants.options import VariantConfig, doc
-from variants.sinkhorn import compute_dtype
+from variants.options import doc
+from variants.registry import VariantConfig
 
 MAPPINGS = ("pre", "res", "post")
 

@@ -35,10 +35,10 @@ from torch import Tensor, nn
 from kernels.post_res import post_res
 from kernels.premix import premix
 from kernels.project import project
+from kernels.sinkhorn_reference import compute_dtype
 from variants.ablation import MAPPINGS, MixingOptions, check_common, parse_fixed
 from variants.base import Mixing, Residual, ResidualVariant
-from variants.options import VariantConfig
-from variants.sinkhorn import compute_dtype
+from variants.registry import VariantConfig
 
 NORM_EPS = 1e-6
 

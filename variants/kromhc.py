@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from harness.errors import UserError
+from kernels.errors import UserError
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.manifold import ManifoldResidual, check_projection_width

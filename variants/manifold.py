@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from kernels.project import project, width_reason
+from kernels.sinkhorn_reference import compute_dtype
 from variants.base import Mixing
 from variants.hc import NORM_EPS
 from variants.mhc import MHCResidual
-from variants.sinkhorn import compute_dtype
 
 
 class ManifoldResidual(MHCResidual):
@@ -50,7 +50,7 @@ class ManifoldResidual(MHCResidual):
 
 def check_projection_width(variant) -> None:
     """backend=triton runs the projection kernel, which holds at most 256 output columns."""
-    from harness.errors import UserError
+    from kernels.errors import UserError
 
     if variant.cfg.backend != "triton" or variant.opts.mode != "dynamic":
         return

@@ -47,14 +47,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from harness.errors import UserError
 from kernels.coefficients import coefficient_heads, head_widths, heads_reason
+from kernels.errors import UserError
 from kernels.project import project, width_reason
+from kernels.sinkhorn_reference import SK_MODES, compute_dtype
 from variants.ablation import MixingOptions, check_common, parse_fixed
 from variants.base import Mixing, ResidualVariant
 from variants.hc import NORM_EPS, StreamResidual
-from variants.options import VariantConfig, doc
-from variants.sinkhorn import SK_MODES, compute_dtype
+from variants.options import doc
+from variants.registry import VariantConfig
 
 
 @dataclass

@@ -13,31 +13,19 @@ others, so H_res ≈ I at init. Only practical for small n: n! columns (n = 4: 2
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from kernels.sinkhorn_reference import permutation_matrices, permutation_mixture  # noqa: F401 (re-exported)
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.mhc import ManifoldInit, MHCResidual, check_kernel_coverage
-from variants.options import VariantConfig
+from variants.registry import VariantConfig
 
 MAX_STREAMS = 8  # 8! = 40,320 permutations; 9! = 362,880 columns of φ per sub-layer is absurd
-
-
-def permutation_matrices(n: int) -> Tensor:
-    """(n!, n, n) with P_k[i, σ_k(i)] = 1; index 0 is the identity (itertools order)."""
-    perms = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)  # (n!, n)
-    return torch.nn.functional.one_hot(perms, n).float()
-
-
-def permutation_mixture(logits: Tensor, perms: Tensor) -> Tensor:
-    """H_res = Σ_k softmax(logits)_k P_k: (..., n!) -> (..., n, n), exactly doubly stochastic."""
-    weights = torch.softmax(logits, dim=-1)
-    return (weights @ perms.to(weights.dtype).flatten(1)).unflatten(-1, perms.shape[1:])
 
 
 @dataclass

@@ -23,7 +23,7 @@ import functools
 import typing
 from dataclasses import dataclass, field
 
-from harness.errors import UserError, did_you_mean
+from kernels.errors import UserError, did_you_mean
 
 COMMON = ("name", "n_streams", "backend")
 BACKENDS = ("torch", "triton", "auto")  # kernels/backend.py: auto = triton on CUDA, torch otherwise
@@ -88,13 +88,6 @@ class NoOptions:
     """A variant without options of its own (identity)."""
 
 
-def options_class(name: str) -> type:
-    """The options dataclass of the registered variant `name`."""
-    from variants.registry import get_variant_class
-
-    return get_variant_class(name).options_cls
-
-
 @functools.lru_cache(maxsize=None)
 def option_fields(cls: type) -> dict[str, tuple[dataclasses.Field, type]]:
     """{option: (field, type)} of an options dataclass."""
@@ -102,68 +95,12 @@ def option_fields(cls: type) -> dict[str, tuple[dataclasses.Field, type]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def variants_with_option(key: str) -> list[str]:
-    """Registered variants that declare option `key` (for the error that refuses it elsewhere)."""
-    from variants.registry import variant_names
-
-    return [n for n in variant_names() if key in option_fields(options_class(n))]
-
-
-@dataclass(init=False)
-class VariantConfig:
-    name: str = doc("residual-connection variant, a name from the variant registry (mhc-bench variants)", "identity")
-    n_streams: int = doc("residual streams n; 0 = the variant's default (identity 1, the mixing variants 4)", 0)
-    backend: str = doc("stream maths: torch (reference), triton (fused kernels; an error where unsupported), "
-                       "auto (triton on CUDA, else torch)", "torch", choices=BACKENDS)
-    options: dict = doc("the variant's own options that were set (any other keeps its default; mhc-bench variants "
-                        "lists them)", factory=dict)
-
-    def __init__(self, name: str = "identity", n_streams: int = 0, backend: str = "torch", options: dict | None = None,
-                 **more_options):
-        """VariantConfig("mhc", sk_iters=5): the options of the variant named, by keyword (checked)."""
-        self.name, self.n_streams, self.backend, self.options = name, n_streams, backend, {}
-        for key, value in {**(options or {}), **more_options}.items():
-            self.set_option(key, value)
-
-    def option_type(self, key: str) -> type:
-        """The type of option `key` of this variant; a UserError naming who has it if it has none."""
-        fields = option_fields(options_class(self.name))
-        if key not in fields:
-            owners = variants_with_option(key)
-            where = f"; {', '.join(owners)} {'has' if len(owners) == 1 else 'have'} it" if owners else \
-                did_you_mean(key, [*COMMON, *fields])
-            raise UserError(f"variant.{key} is not an option of {self.name!r}{where}")
-        return fields[key][1]
-
-    def set_option(self, key: str, value) -> None:
-        self.options[key] = coerce(value, self.option_type(key), f"variant.{key}")
-
-    def opts(self):
-        """This variant's options dataclass: the ones set, the rest at their defaults (choices checked)."""
-        cls = options_class(self.name)
-        for key in self.options:
-            self.option_type(key)  # e.g. set for another variant before the name changed
-        opts = cls(**self.options)
-        check_choices(opts, "variant.")
-        return opts
-
-    def resolved(self) -> dict:
-        """Every option of this variant with its value (a saved config.json holds these)."""
-        return dataclasses.asdict(self.opts())
-
-    def __setattr__(self, key: str, value) -> None:
-        # `cfg.variant.sk_iters = 5` sets the option (checked), never a stray attribute
-        if key in (*COMMON, "options") or key.startswith("_"):
-            object.__setattr__(self, key, value)
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested dict (`to_dict()`, a saved config.json, a TOML table) as {"section.field": value}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
-            self.set_option(key, value)
-
-    def __getattr__(self, key: str):
-        # called only for names that are not fields: read an option of the named variant
-        if key.startswith("_") or "name" not in self.__dict__:
-            raise AttributeError(key)
-        fields = option_fields(options_class(self.__dict__["name"]))
-        if key not in fields:
-            raise AttributeError(f"variant {self.__dict__['name']!r} has no option {key!r}")
-        f = fields[key][0]
-        return self.__dict__["options"].get(key, f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            out[f"{prefix}{k}"] = v
+    return out

@@ -84,7 +84,7 @@ class Orthostochastic(ResidualVariant):
     contract_options = ({}, {"mode": "static"}, {"fixed": "pre,post"})
 
     def check(self) -> None:
-        from harness.errors import UserError
+        from kernels.errors import UserError
 
         check_common(self.cfg, self.n_streams)
         if self.opts.ns_steps < 1:

@@ -41,9 +41,9 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from harness.errors import UserError, did_you_mean
+from kernels.errors import UserError, did_you_mean
 from variants.base import Mixing, Residual, ResidualVariant
-from variants.options import VariantConfig
+from variants.registry import VariantConfig
 
 PACKAGE = "hyper-connections"  # the distribution (pip) name
 MODULE = "hyper_connections"  # its import name

@@ -16,9 +16,3 @@ lm_eval is imported lazily, inside functions: machines without it (the GPU image
 import the rest of mhc-bench.
 """
 
-
-def register(subparsers) -> None:
-    """Add the `eval` and `table` sub-commands to the mhc-bench CLI."""
-    from harness.eval.cli import register as _register
-
-    _register(subparsers)

@@ -10,13 +10,13 @@ or beside the run's own folder when the experiment was moved as a whole.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from harness.config import Config, from_dict
 from harness.errors import UserError
+from harness.rundir import RunDir
 
 
 @dataclass
@@ -31,7 +31,7 @@ class LoadedRun:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    return RunDir.is_run(path)
 
 
 def find_runs(target) -> list[Path]:
@@ -54,18 +54,11 @@ def find_runs(target) -> list[Path]:
 
 def read_config(run_dir: Path) -> Config:
     """The run's config.json as a Config (a broken file is one clear error)."""
-    path = Path(run_dir) / "config.json"
-    try:
-        return from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
+    return from_dict(RunDir(run_dir, writer=False).read_config())
 
 
 def read_status(run_dir: Path) -> str:
-    try:
-        return json.loads((Path(run_dir) / "status.json").read_text()).get("status", "")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return ""
+    return (RunDir(run_dir, writer=False).read_status() or {}).get("status", "")
 
 
 def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:

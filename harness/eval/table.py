@@ -27,14 +27,14 @@ from harness.config import flatten
 from harness.errors import UserError
 from harness.eval import paper
 from harness.eval.suites import ALIASES, SUITES
+from harness.run_id import EXECUTION_ONLY
+from harness.rundir import RunDir
 
-LABELS = {"identity": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-lite": "mHC-lite"}
+LABELS = {"identity": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-lite": "mHC-lite", "kromhc": "KromHC",
+          "frac": "Frac-Connections", "orthostochastic": "orthostochastic"}
 MAPPINGS = ("res", "pre", "post")  # the paper's order in Table 1
 METRIC_NAMES = {"exact_match": "EM", "f1": "F1", "acc": "Acc", "bits_per_byte": "bits/byte"}
 LAYOUTS = ("table4", "table1")
-# t quantile 0.975 for 1..30 degrees of freedom (no scipy needed)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 # ---------------------------------------------------------------------- collecting runs
@@ -100,47 +100,22 @@ def row_label(cfg: dict) -> str:
     return what if name == "hc" else f"{base}: {what}"
 
 
-def _final_val_loss(path: Path) -> float:
-    import pandas as pd
-
-    f = path / "metrics.parquet"
-    if not f.is_file():
-        return math.nan
-    df = pd.read_parquet(f, columns=None)
-    val = df[df["split"] == "val"].sort_values("step") if "split" in df else df.iloc[0:0]
-    return float(val["loss"].iloc[-1]) if len(val) else math.nan
-
-
 def collect(experiment) -> list[Run]:
     """Every run folder of an experiment (or the one run folder given), finished or not."""
-    import pandas as pd
 
     experiment = Path(experiment).expanduser().resolve()
     if not experiment.is_dir():
         raise UserError(f"experiment folder not found: {experiment}")
-    folders = [experiment] if (experiment / "config.json").is_file() else sorted(
-        p for p in experiment.iterdir() if (p / "config.json").is_file())
+    folders = [experiment] if RunDir.is_run(experiment) else sorted(p for p in experiment.iterdir() if RunDir.is_run(p))
     if not folders:
         raise UserError(f"{experiment} holds no run folders (sub-folders with config.json)")
     runs = []
     for p in folders:
-        try:
-            config = json.loads((p / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read {p / 'config.json'}: {e}") from None
-        evals = pd.read_parquet(p / "evals.parquet") if (p / "evals.parquet").is_file() else None
-        status = _status(p)
-        runs.append(Run(p, config, _final_val_loss(p), evals, status.get("status"), status.get("step"), status.get("steps")))
+        rd = RunDir(p, writer=False)
+        status = rd.read_status() or {}
+        runs.append(Run(p, rd.read_config(), rd.final_val_loss(), rd.read_table("evals"), status.get("status"),
+                        status.get("step"), status.get("steps")))
     return runs
-
-
-def _status(path: Path) -> dict:
-    try:
-        return json.loads((path / "status.json").read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path / 'status.json'}: {e}") from None
 
 
 def finished_runs(experiment) -> tuple[list[Run], list[str]]:
@@ -183,12 +158,11 @@ def _grid_folders(experiment: Path) -> dict[str, str] | None:
     return {runs[rid]["folder"]: runs[rid]["name"] for rid in exp.run_ids()}
 
 
-IGNORED = ("run.", "train.seed", "train.progress", "train.threads", "train.stop_after", "preset")
-
-
 def _setting(cfg: dict) -> dict:
-    """The config without what does not change the recipe (seed, run folder, progress)."""
-    return {k: v for k, v in flatten(cfg).items() if not k.startswith(IGNORED)}
+    """The config without what does not change the recipe: the seed, and what is outside a
+    run's identity (harness/run_id.py: its folder, execution settings, the preset's name)."""
+    return {k: v for k, v in flatten(cfg).items()
+            if k != "train.seed" and k != "preset" and not k.startswith("run.") and k not in EXECUTION_ONLY}
 
 
 def group_rows(runs: list[Run]) -> list[Row]:
@@ -223,7 +197,10 @@ def natural_key(text: str) -> tuple:
 
 # ---------------------------------------------------------------------- statistics
 def t975(dof: int) -> float:
-    return _T975[dof - 1] if dof <= len(_T975) else 1.96 + 2.4 / dof
+    """The two-sided 95% quantile of Student's t with `dof` degrees of freedom."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, dof))
 
 
 def summarize(values: list[float], stderrs: list[float]) -> tuple[float, float, str]:

@@ -21,6 +21,7 @@ DEFAULT_ARCHS = "sm_90a,sm_100a"
 
 def main(args) -> int:
     from harness.atomic import write_parquet, write_text
+    from harness.bench_kernels import parse_shapes
     from harness.errors import UserError
     from harness.kernel_audit.audit import GATE_SHAPES, summary
     from harness.kernel_audit.gpus import GPUS
@@ -28,7 +29,6 @@ def main(args) -> int:
     from harness.kernel_audit.run import audit_targets
     from harness.kernel_audit.workloads import DTYPES, PEERS, WORKLOADS
     from harness.rundir import now
-    from kernels.bench import parse_shapes
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     archs = split(args.arch or DEFAULT_ARCHS)
@@ -74,11 +74,11 @@ def main(args) -> int:
 
 def _accuracy_section(shapes: str) -> str:
     """The tf32 projection against fp64 at the report's (n, C), emulated bit for bit on the CPU."""
-    from kernels import precision
+    from harness import tf32_accuracy as precision
 
     nc = list(dict.fromkeys((int(n), int(C)) for _, n, C in (s.split("x") for s in shapes.split(","))))
     return ("## x·φ on tf32 tensor cores: accuracy against fp64\n\n"
-            "Emulated on the CPU bit for bit (kernels/precision.py: φ rounded to nearest tf32 by the op, an fp32 "
+            "Emulated on the CPU bit for bit (kernels/precision.py, harness/tf32_accuracy.py: φ rounded to nearest tf32 by the op, an fp32 "
             "stream truncated by the tensor core, a bf16 stream exact), 256 random tokens, α and b at the "
             "trained-looking scale `bench kernels` uses; measured on a GPU by `make gpu-check`.\n\n"
             + precision.markdown(precision.table(nc)) + "\n")

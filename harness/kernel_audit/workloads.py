@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from variants.options import VariantConfig
+from variants.registry import VariantConfig
 
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16), "fp32": (torch.float32, torch.bfloat16)}
 
@@ -73,7 +73,7 @@ def run(workload: str, T: int, n: int, C: int, dtype: str) -> None:
 def run_liger(T: int, n: int, C: int, stream_dtype) -> None:
     """Liger-Kernel's whole mHC connection around an identity branch, as `bench kernels` times it
     (its coefficient op with fp32 φ, i.e. its tf32 path; pre-mix; post + residual)."""
-    from kernels.bench import Shape, Skip, _liger_ops, make_inputs
+    from harness.bench_kernels import Shape, Skip, _liger_ops, make_inputs
 
     try:
         ops, _ = _liger_ops(SK_ITERS)

@@ -1,4 +1,4 @@
-"""Kernel benchmark: every op x shape x provider x mode, against the copy bandwidth measured in the same run.
+"""`mhc-bench bench kernels`: every op x shape x provider x mode, against the copy bandwidth measured in the same run.
 
     ops        premix (H_pre·x), post_res (H_res·x + H_post^T·y), sinkhorn (k rounds on n×n logits),
                coefficients (RMSNorm(x⃗)φ + α, b, σ, 2σ, Sinkhorn: H_pre, H_post, H_res),
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.errors import UserError
+from kernels.errors import UserError
 
 OPS = ("premix", "post_res", "sinkhorn", "coefficients", "connection")
 PROVIDERS = ("torch", "compile", "triton", "liger", "hyper-connections")

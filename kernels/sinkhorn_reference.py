@@ -28,6 +28,8 @@ that `torch.autograd.gradcheck` can check them.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -118,3 +120,18 @@ def stochasticity_gaps(m: Tensor) -> tuple[Tensor, Tensor]:
     row_gap = (m.sum(dim=-1) - 1).abs().amax(dim=-1)
     col_gap = (m.sum(dim=-2) - 1).abs().amax(dim=-1)
     return row_gap, col_gap
+
+
+# ---------------------------------------------------------------------------------------------
+# mHC-lite: H_res as a convex mix of permutation matrices (exactly doubly stochastic, no rounds)
+# ---------------------------------------------------------------------------------------------
+def permutation_matrices(n: int) -> Tensor:
+    """(n!, n, n) with P_k[i, σ_k(i)] = 1; index 0 is the identity (itertools order)."""
+    perms = torch.tensor(list(itertools.permutations(range(n))), dtype=torch.long)  # (n!, n)
+    return torch.nn.functional.one_hot(perms, n).float()
+
+
+def permutation_mixture(logits: Tensor, perms: Tensor) -> Tensor:
+    """H_res = Σ_k softmax(logits)_k P_k: (..., n!) -> (..., n, n), exactly doubly stochastic."""
+    weights = torch.softmax(logits, dim=-1)
+    return (weights @ perms.to(weights.dtype).flatten(1)).unflatten(-1, perms.shape[1:])

@@ -1,25 +1,21 @@
-"""`mhc-bench bench kernels`: the command-line entry of kernels/bench.py.
+"""`mhc-bench bench kernels`: its command line (harness/cli.py adds it to the `bench` group).
 
-harness/cli.py adds it to its `bench` sub-command group, beside `bench model`:
-
-    from kernels.bench_cli import register as register_bench_kernels
-    register_bench_kernels(bench)        # bench = the `bench` group's add_subparsers() object
-
-Examples:
     mhc-bench bench kernels                                   # GPU: all ops, shapes, providers, bf16
     mhc-bench bench kernels --quick                           # CPU smoke run (seconds)
     mhc-bench bench kernels --ops connection --shapes 16384x4096x4 --providers torch,triton,liger
     mhc-bench bench kernels --static                          # no GPU: build for sm_90a/sm_100a, report
                                                               # registers, spills, occupancy, widths, bounds
+
+Timing runs harness/bench_kernels.py; --static runs harness/kernel_audit/static.py.
 """
 
 from __future__ import annotations
 
+from harness.bench_kernels import GPU_SHAPES, MODES, OPS, PROVIDERS
+
 
 def register(sub) -> None:
     """Add `kernels` to the `bench` sub-command group (an argparse subparsers object)."""
-    from kernels.bench import GPU_SHAPES, MODES, OPS, PROVIDERS
-
     p = sub.add_parser("kernels", help="time each stream kernel (pre-mix, post+res, Sinkhorn, coefficients, whole "
                                        "connection) per shape and provider against the measured copy bandwidth")
     p.add_argument("--ops", default="", help=f"comma-separated subset of {', '.join(OPS)} (default: all)")
@@ -52,6 +48,6 @@ def _main(args) -> int:
         from harness.kernel_audit.static import main as static_main
 
         return static_main(args)
-    from kernels.bench import main
+    from harness.bench_kernels import main
 
     return main(args)

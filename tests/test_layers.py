@@ -1,0 +1,26 @@
+"""The import-linter layers contract (pyproject.toml) places every module of harness/: a module
+it does not name would be checked against nothing. `make lint` runs the contracts themselves."""
+
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def layered_modules() -> set[str]:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    return {m.strip() for layer in layers for m in layer.replace("|", ":").split(":")}
+
+
+def test_every_harness_module_is_in_a_layer():
+    modules = set()
+    for path in (ROOT / "harness").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] == "__init__":
+            continue  # a package's __init__ belongs with its package
+        modules.add(".".join(parts))
+    layered = layered_modules()
+    covered = {m for m in modules if m in layered or any(m.startswith(p + ".") for p in layered)}
+    assert covered == modules, f"not in any layer of pyproject.toml's contract: {sorted(modules - covered)}"
+    assert {"kernels", "variants", "slurm"} <= layered
