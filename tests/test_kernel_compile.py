@@ -5,8 +5,8 @@ No GPU needed: harness/kernel_audit installs a fake Triton driver that compiles 
 ptxas of the triton wheel and records launches; the variants run on meta tensors. The
 interpreter the other kernel tests use accepts code the compiler refuses (a module global
 annotated `tl.constexpr`, e.g.), so this gate is the only test that says the GPU path builds.
-Shapes T x n x C: 16384x4x4096 and 4096x4x7168 (the mHC paper's widths), 8192x8x1024,
-1024x2x768; bf16 and fp32 streams; every variant kind (mHC, mHC with the kernel-order
+Shapes TOKENSxCxN: 16384x4096x4 and 4096x7168x4 (the mHC paper's widths), 8192x1024x8,
+1024x768x2; bf16 and fp32 streams; every variant kind (mHC, mHC with the kernel-order
 Sinkhorn, mHC-lite, HC, fixed-mapping ablations) and the stand-alone Sinkhorn op.
 
 About 2 minutes on 2 cores (the two targets compile in parallel processes).
@@ -52,7 +52,7 @@ def test_the_gate_saw_every_kernel_forward_and_backward(gate, arch):
     cases = {(r["workload"], r["T"], r["n"], r["C"], r["dtype"]) for r in records}
     for workload in (*VARIANT_KINDS, "sinkhorn-op"):
         for shape in GATE_SHAPES.split(","):
-            T, n, C = (int(v) for v in shape.split("x"))
+            T, C, n = (int(v) for v in shape.split("x"))
             if workload == "mhc-lite" and n > 5:  # the variant refuses backend=triton there (n! columns)
                 continue
             for dtype in DTYPES:
@@ -70,10 +70,10 @@ def test_uncovered_cases_are_named_with_the_reason(gate):
 def test_the_gate_fails_on_a_compile_error_and_on_a_spill():
     """The gate is not vacuous: a constexpr-annotated global and a register hog are both caught."""
     broken = "tests.audit_fixtures.broken_kernels"
-    run = audit_targets(["sm_90a"], "64x4x64", "bf16", f"{broken}:annotated_global,{broken}:register_hog")["sm_90a"]
+    run = audit_targets(["sm_90a"], "64x64x4", "bf16", f"{broken}:annotated_global,{broken}:register_hog")["sm_90a"]
     assert run["returncode"] == 1 and "FAIL" in run["summary"], run["summary"]
     (failure,) = run["result"]["failures"]
     assert "annotated_global" in failure["workload"] and "SCALE" in failure["error"]
     (hog,) = run["result"]["records"]
     assert hog["kernel"] == "_register_hog" and hog["spill_bytes"] > 0 and hog["spill_ops"] > 0
-    assert "_register_hog 64x4x64 bf16 spills" in run["summary"]
+    assert "_register_hog 64x64x4 bf16 spills" in run["summary"]

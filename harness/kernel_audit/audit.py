@@ -1,6 +1,6 @@
 """Build every kernel for one GPU target through the variants, and record each launch.
 
-    python -m harness.kernel_audit.audit --arch sm_90a [--shapes 16384x4x4096,...] [--dtypes bf16,fp32]
+    python -m harness.kernel_audit.audit --arch sm_90a [--shapes 16384x4096x4,...] [--dtypes bf16,fp32]
                                          [--workloads mhc,hc,...] [--json FILE]
 
 Prints a line per case and one summary line; exit status 1 when a kernel failed to build or
@@ -8,7 +8,7 @@ spills registers (the gate), 0 otherwise. Must run in a process of its own witho
 TRITON_INTERPRET: it replaces Triton's active driver (harness/kernel_audit/driver.py) and the
 kernel modules must be compiled, not interpreted.
 
-Shapes are T x n x C (tokens, streams, channels): by default the gate's, the mHC paper's
+Shapes are TOKENSxCxN, as `mhc-bench bench kernels --shapes` takes them: by default the gate's, the mHC paper's
 hidden sizes at n = 4 (16384 x 4096; 4096 tokens of 7168), n = 8 at C = 1024, and n = 2 at
 GPT-2 small's 768 with 1024 tokens.
 """
@@ -21,22 +21,14 @@ import sys
 import time
 import traceback
 
-GATE_SHAPES = "16384x4x4096,4096x4x7168,8192x8x1024,1024x2x768"
+GATE_SHAPES = "16384x4096x4,4096x7168x4,8192x1024x8,1024x768x2"  # TOKENSxCxN
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
-    from harness.errors import UserError
+    """(T, n, C) triples from the TOKENSxCxN list `bench kernels --shapes` reads (one parser, one format)."""
+    from harness.bench_kernels import parse_shapes as parse
 
-    shapes = []
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        try:
-            T, n, C = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise UserError(f"shapes are comma-separated TxNxC (tokens x streams x channels), got {part!r}") from None
-        if min(T, n, C) < 1:
-            raise UserError(f"shape {part!r}: tokens, streams and channels must be >= 1")
-        shapes.append((T, n, C))
-    return shapes
+    return [(s.tokens, s.n, s.C) for s in parse(text)]
 
 
 def audit(arch: str, shapes, dtypes, workloads, log=print) -> dict:
@@ -71,7 +63,7 @@ def audit(arch: str, shapes, dtypes, workloads, log=print) -> dict:
                     except Exception as e:  # a compile error, OutOfResources, a launcher bug
                         failures.append(dict(case, error=_cause(e), traceback=traceback.format_exc()))
                         status = f"FAILED: {_cause(e)}"
-                    log(f"  {arch} {workload:18s} {T}x{n}x{C} {dtype}: {status} ({time.perf_counter() - t0:.1f} s)")
+                    log(f"  {arch} {workload:18s} {T}x{C}x{n} {dtype}: {status} ({time.perf_counter() - t0:.1f} s)")
     records = [record(launch) for launch in driver.launches]
     return dict(records=records, failures=failures, not_covered=not_covered, seconds=time.perf_counter() - start)
 
@@ -110,11 +102,11 @@ def record(launch) -> dict:
 def summary(result: dict) -> tuple[bool, str]:
     """(passed, one line): the gate fails on any build failure or any spilling launch."""
     records, failures = result["records"], result["failures"]
-    spills = sorted({f"{r['kernel']} {r['T']}x{r['n']}x{r['C']} {r['dtype']}" for r in records
+    spills = sorted({f"{r['kernel']} {r['T']}x{r['C']}x{r['n']} {r['dtype']}" for r in records
                      if r["spill_bytes"] or r["spill_ops"]})
     binaries = len({r["hash"] for r in records})
     archs = ",".join(sorted({r["arch"] for r in records} | {f["arch"] for f in failures}))
-    problems = [f"{f['workload']} {f['T']}x{f['n']}x{f['C']} {f['dtype']}: {f['error']}" for f in failures]
+    problems = [f"{f['workload']} {f['T']}x{f['C']}x{f['n']} {f['dtype']}: {f['error']}" for f in failures]
     problems += [f"{s} spills" for s in spills]
     ok = not problems
     line = (f"kernel compile gate {archs}: {'OK' if ok else 'FAIL'}: {len(records)} launches, {binaries} distinct binaries, "
@@ -130,7 +122,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m harness.kernel_audit.audit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="sm_90a", choices=sorted(GPUS))
-    p.add_argument("--shapes", default=GATE_SHAPES, help="comma-separated TxNxC (default: the gate's)")
+    p.add_argument("--shapes", default=GATE_SHAPES, help="comma-separated TOKENSxCxN (default: the gate's)")
     p.add_argument("--dtypes", default=",".join(DTYPES), help="stream dtypes: bf16, fp32 (an fp32 stream with a bf16 branch)")
     p.add_argument("--workloads", default=",".join(WORKLOADS),
                    help=f"subset of {', '.join(WORKLOADS + PEERS)}, or MODULE:FUNCTION(T, n, C, dtype) of your own")

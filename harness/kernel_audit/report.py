@@ -222,7 +222,7 @@ def markdown(records: list[dict], failures: list[dict], not_covered: list[dict],
         lines.append("")
     lines += targets_section(records), ""
     if failures:
-        lines += ["## Failed builds", ""] + [f"- {f['arch']} {f['workload']} {f['T']}x{f['n']}x{f['C']} {f['dtype']}: "
+        lines += ["## Failed builds", ""] + [f"- {f['arch']} {f['workload']} {f['T']}x{f['C']}x{f['n']} {f['dtype']}: "
                                             f"{f['error']}" for f in failures] + [""]
     if not_covered:
         lines += ["## Cases the kernels do not take", ""]

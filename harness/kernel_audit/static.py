@@ -39,7 +39,7 @@ def main(args) -> int:
     for d in split(dtypes):
         if d not in DTYPES:
             raise UserError(f"--dtype with --static: choose from auto, {', '.join(DTYPES)}; got {d!r}")
-    shapes = ",".join(f"{s.tokens}x{s.n}x{s.C}" for s in parse_shapes(args.shapes)) if args.shapes else GATE_SHAPES
+    shapes = ",".join(str(s) for s in parse_shapes(args.shapes)) if args.shapes else GATE_SHAPES
     providers = split(args.providers) if args.providers else ["triton"]  # liger: ~5 min of compiling per shape
     for p in providers:
         if p not in ("triton", "liger"):
@@ -75,8 +75,9 @@ def main(args) -> int:
 def _accuracy_section(shapes: str) -> str:
     """The tf32 projection against fp64 at the report's (n, C), emulated bit for bit on the CPU."""
     from harness import tf32_accuracy as precision
+    from harness.bench_kernels import parse_shapes
 
-    nc = list(dict.fromkeys((int(n), int(C)) for _, n, C in (s.split("x") for s in shapes.split(","))))
+    nc = list(dict.fromkeys((s.n, s.C) for s in parse_shapes(shapes)))
     return ("## x·φ on tf32 tensor cores: accuracy against fp64\n\n"
             "Emulated on the CPU bit for bit (kernels/precision.py, harness/tf32_accuracy.py: φ rounded to nearest tf32 by the op, an fp32 "
             "stream truncated by the tensor core, a bf16 stream exact), 256 random tokens, α and b at the "
