@@ -30,6 +30,9 @@ Also per span: max |log column sum| (0 when every column sums to 1; the mHC-lite
 permutation's (1 = streams kept apart like I, 0 = fully homogenised; 0 for n = 1).
 Per layer: mean/min/max/std of H_pre, H_post, H_res; the doubly-stochastic gaps
 max |row sum - 1|, max |col sum - 1|; and log(1/ν) = max - min of the H_res logits (mHC only).
+With `variant.sk_mode=converged`, also the Sinkhorn rounds each H_res took (`sk_rounds`) and
+the fraction of tokens whose H_res stopped at `sk_max_iters` short of `sk_tol` (`sk_capped`):
+a reference that did not converge must say so (training logs a warning when it is > 0).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kernels.sinkhorn_reference import stochasticity_gaps
+from kernels.sinkhorn_reference import capped, sinkhorn_converged, stochasticity_gaps
 from variants.base import Mixing
 
 SPAN_SETS = ("paper", "all")
@@ -148,8 +151,13 @@ def _stats(values: Tensor) -> dict[str, float]:
             "std": v.std(unbiased=False).item()}
 
 
-def layer_rows(mixings: list[Mixing], n: int, like: Tensor) -> list[dict]:
-    """Per-sub-layer rows (scope 'layer'); fixed mappings report their defaults."""
+def layer_rows(mixings: list[Mixing], n: int, like: Tensor, sinkhorn: dict | None = None) -> list[dict]:
+    """Per-sub-layer rows (scope 'layer'); fixed mappings report their defaults.
+
+    `sinkhorn` (the variant's Sinkhorn settings): in converged mode the rounds are recomputed
+    from the logits (each matrix's count depends on its own logits only, so this is what the
+    forward did) and the matrices that hit the cap are counted.
+    """
     rows = []
     for l, mix in enumerate(mixings):
         pre, post, res = (t.detach().double().cpu() for t in mix.dense(n, like))
@@ -160,6 +168,10 @@ def layer_rows(mixings: list[Mixing], n: int, like: Tensor) -> list[dict]:
         gaps = {"res_row_gap": row_gap, "res_col_gap": col_gap}
         if mix.res_logits is not None:
             gaps["log_inv_nu"] = log_inv_nu(mix.res_logits.detach().double().cpu())
+            if sinkhorn and sinkhorn.get("sk_mode") == "converged":
+                tol = sinkhorn["sk_tol"]
+                m, rounds = sinkhorn_converged(mix.res_logits.detach(), tol, sinkhorn["sk_max_iters"])
+                gaps["sk_rounds"], gaps["sk_capped"] = rounds.double().cpu(), capped(m, tol).double().cpu()
         for metric, t in gaps.items():
             rows.append(dict(scope="layer", start=l, end=l, metric=metric, stat="token_mean", value=t.mean().item()))
             rows.append(dict(scope="layer", start=l, end=l, metric=metric, stat="token_max", value=t.max().item()))
@@ -181,6 +193,17 @@ def span_rows(mixings: list[Mixing], n: int, like: Tensor, spans: str = "paper")
     return rows
 
 
+def capped_summary(rows: list[dict]) -> str | None:
+    """One line when some H_res stopped at sk_max_iters short of sk_tol (converged mode), else None."""
+    hit = [r for r in rows if r["metric"] == "sk_capped" and r["stat"] == "token_mean" and not r["value"] == 0]
+    if not hit:
+        return None
+    worst = max(hit, key=lambda r: r["value"])
+    return (f"Sinkhorn did not converge to variant.sk_tol within variant.sk_max_iters in {len(hit)} sub-layers "
+            f"(worst: {worst['value']:.1%} of tokens at sub-layer {worst['start']}); these H_res are not the exact "
+            f"projection: raise variant.sk_max_iters")
+
+
 def diagnostics_rows(model, x: Tensor, step: int, spans: str = "paper") -> list[dict]:
     """Long-format rows {step, scope, start, end, metric, stat, value} for one batch of token ids.
 
@@ -191,7 +214,9 @@ def diagnostics_rows(model, x: Tensor, step: int, spans: str = "paper") -> list[
     """
     mixings = collect_mixing(model, x)
     n = model.variant.n_streams
-    rows = layer_rows(mixings, n, x) + span_rows(mixings, n, x, spans)
+    residual = model.residuals()[0]
+    sinkhorn = residual.sinkhorn_options() if hasattr(residual, "sinkhorn_options") else None
+    rows = layer_rows(mixings, n, x, sinkhorn) + span_rows(mixings, n, x, spans)
     return [{"step": int(step), **r} for r in rows]
 
 

@@ -51,6 +51,20 @@ def load(experiment: Path):
     return rows, per_run, runs, tables, left_out
 
 
+def capped_runs(diagnostics) -> list[str]:
+    """A note naming the runs whose converged-mode Sinkhorn stopped at sk_max_iters short of sk_tol."""
+    if diagnostics.empty or "sk_capped" not in set(diagnostics["metric"]):
+        return []
+    d = diagnostics[(diagnostics.metric == "sk_capped") & (diagnostics.stat == "token_mean")]
+    worst = d.groupby("run")["value"].max()
+    hit = sorted(worst[worst > 0].index)
+    if not hit:
+        return []
+    return [f"Warning: in {len(hit)} runs ({', '.join(hit)}) Sinkhorn did not converge to variant.sk_tol within "
+            f"variant.sk_max_iters for some tokens (worst: {worst.max():.1%} of a sub-layer's tokens): their "
+            f"'converged' H_res are not the exact projection."]
+
+
 def bench_tables(experiment: Path):
     """The latest `bench model` and `bench kernels` tables saved under <experiment>/bench/."""
     import pandas as pd
@@ -194,7 +208,7 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
         env = json.loads(env_file.read_text())
     doc = Doc(f"mhc-bench report: {experiment.name}")
     doc.p(f"{len(per_run)} runs in {len(rows)} configurations; written {now()} from {experiment}.")
-    for note in left_out:
+    for note in left_out + capped_runs(tables["diagnostics"]):
         doc.p(note)
     doc.p(f"Hardware and versions: {env.get('device_name', '?')} ({env.get('device', '?')}), host {env.get('host', '?')}; "
           f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, triton {env.get('triton', '?')}; "

@@ -30,7 +30,7 @@ from harness import distributed
 from harness.atomic import write_json
 from harness.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from harness.config import Config, from_dict
-from harness.diagnostics import DIAGNOSTICS_NAME, diagnostics_rows
+from harness.diagnostics import DIAGNOSTICS_NAME, capped_summary, diagnostics_rows
 from harness.errors import UserError
 from harness.fsdp import full
 from harness.run_id import migrate_run_folder
@@ -240,7 +240,10 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
 
     def diagnose():
         with torch.no_grad(), autocast():
-            diagnostics.rows.extend(diagnostics_rows(model, diag_batch.to(device), step))
+            rows = diagnostics_rows(model, diag_batch.to(device), step)
+        diagnostics.rows.extend(rows)
+        if (warning := capped_summary(rows)) is not None:
+            run.log(f"warning: step {step}: {warning}")
 
     if step == 0:
         validate()

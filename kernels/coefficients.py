@@ -11,7 +11,7 @@ backward recomputes from `mix` (the logits are α·mix + b: saving mix is saving
 and runs Sinkhorn's exact finite-k backward on-chip. One program handles many tokens.
 
 Coverage of the Triton path, and why the rest runs the reference:
-  - Sinkhorn 'converged' mode: its round count is a batch-wide reduction, no per-token kernel.
+  - Sinkhorn 'converged' mode: a data-dependent round count per matrix (up to sk_max_iters), no kernel.
   - mHC-lite for n >= 6: n! >= 720 permutation columns do not fit a register tile (and the
     projection is then a real GEMM, cuBLAS's job). The variants refuse backend=triton there.
   - static mode (no `mix`): the coefficients are per-layer constants, n² + 2n numbers per

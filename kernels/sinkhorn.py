@@ -7,8 +7,8 @@ the 'paper' and 'kernel' conventions). The Triton kernels (kernels/sinkhorn_trit
 the matrix in registers for all k rounds; the backward saves only the logits and recomputes
 the iterations on-chip, so it is the exact gradient of the finite-k map. The fused
 coefficient kernel (kernels/coefficients.py) uses the same device functions; this op exists
-to test and time them alone. 'converged' has a data-dependent round count shared by the whole
-batch (a global reduction per round), so it has no kernel: a reference to measure against.
+to test and time them alone. 'converged' has a data-dependent round count per matrix (up to
+sk_max_iters, thousands for badly scaled logits), so it has no kernel: a reference to measure against.
 """
 
 from __future__ import annotations

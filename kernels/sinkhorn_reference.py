@@ -17,8 +17,8 @@ depends on the order of the normalisations, so three conventions are kept apart 
                exact up to eps, row sums carry the error. k = 0: the row softmax alone
                (the kernel itself would still do one column normalisation at repeat = 0).
     converged  paper-order rounds until max |row sum - 1| and max |col sum - 1| are both
-               <= tol (or max_iters rounds): the exact projection, a reference to measure
-               the finite-k modes against.
+               <= tol (or max_iters rounds), each matrix stopping on its own: the exact
+               projection, a reference to measure the finite-k modes against.
 
 All functions are pure functions of the logits and differentiable through the iterations
 (autograd unrolls them). They compute in float32 whatever the input dtype (never bf16: a
@@ -92,16 +92,33 @@ def sinkhorn_kernel(logits: Tensor, iters: int, eps: float = KERNEL_EPS) -> Tens
 # ---------------------------------------------------------------------------------------------
 # Converged reference: paper-order rounds until both marginals are within tol
 # ---------------------------------------------------------------------------------------------
-def sinkhorn_converged(logits: Tensor, tol: float, max_iters: int) -> tuple[Tensor, int]:
-    """(matrix, rounds used). Stops on the worst matrix of the batch, so all meet tol."""
+def sinkhorn_converged(logits: Tensor, tol: float, max_iters: int) -> tuple[Tensor, Tensor]:
+    """(matrices, rounds each used): paper-order rounds, every matrix stopping on its own.
+
+    A matrix stops after the first round that brings both its marginals within tol, and is
+    left untouched after that, so its result depends on its own logits only: never on which
+    other tokens share the batch (a batch-wide stopping rule would let a later token change
+    an earlier token's H_res, i.e. leak across time). A matrix still outside tol after
+    max_iters rounds has rounds == max_iters and gaps above tol: `capped` says which.
+    """
     m = _exp_shifted(logits.to(compute_dtype(logits)))
-    for t in range(1, max_iters + 1):
-        m = _normalise_rows(_normalise_cols(m))
+    rounds = torch.zeros(m.shape[:-2], dtype=torch.int64, device=m.device)
+    active = torch.ones(m.shape[:-2], dtype=torch.bool, device=m.device)
+    for _ in range(max_iters):
+        m = torch.where(active[..., None, None], _normalise_rows(_normalise_cols(m)), m)
+        rounds = rounds + active
         with torch.no_grad():
             row_gap, col_gap = stochasticity_gaps(m)
-            if max(row_gap.max().item(), col_gap.max().item()) <= tol:  # NaN never passes
-                return m, t
-    return m, max_iters
+            active = active & ~(torch.maximum(row_gap, col_gap) <= tol)  # NaN never counts as converged; a new tensor: where() saved the old one
+            if not active.any():
+                break
+    return m, rounds
+
+
+def capped(m: Tensor, tol: float) -> Tensor:
+    """Per matrix: True where sinkhorn_converged stopped at its cap, not at tol (or is NaN)."""
+    row_gap, col_gap = stochasticity_gaps(m)
+    return ~(torch.maximum(row_gap, col_gap) <= tol)
 
 
 def sinkhorn(logits: Tensor, iters: int = 20, mode: str = "paper", tol: float = 1e-6, max_iters: int = 2000) -> Tensor:

@@ -13,6 +13,7 @@ from harness.checkpoint import save_checkpoint
 from harness.diagnostics import (
     amax_backward,
     amax_forward,
+    capped_summary,
     collect_mixing,
     composite,
     diagnose_run,
@@ -170,6 +171,30 @@ def test_randomised_hc_gains_exceed_one_mhc_forward_gains_do_not():
         out[name] = pd.DataFrame(diagnostics_rows(model, x, step=0))
     fwd = {k: df[(df.scope == "span") & (df.metric == "amax_fwd")].value for k, df in out.items()}
     assert fwd["hc"].max() > 2 and fwd["mhc"].max() <= 1 + 1e-5
+
+
+def test_converged_sinkhorn_reports_its_rounds_and_the_tokens_that_hit_the_cap():
+    """A 'converged' reference that stopped at sk_max_iters must say so, not pass as exact."""
+    x = torch.randint(0, VOCAB, (2, 16))
+    found = {}
+    for cap in (2000, 2):
+        cfg = small_cfg("mhc", 4)
+        cfg.variant.sk_mode, cfg.variant.sk_tol, cfg.variant.sk_max_iters = "converged", 1e-6, cap
+        torch.manual_seed(0)
+        model = build_model(cfg, VOCAB)
+        with torch.no_grad():  # logits far from a scaled permutation: many rounds to converge
+            for r in model.residuals():
+                r.bias_res.add_(torch.randn(r.bias_res.shape, generator=torch.Generator().manual_seed(1)) * 3)
+        rows = diagnostics_rows(model, x, step=0)
+        found[cap] = (rows_frame(rows), capped_summary(rows))
+    ok, warning = found[2000]
+    assert warning is None and (ok.xs(("layer", "sk_capped"), level=("scope", "metric")) == 0).all()
+    assert (ok.xs(("layer", "sk_rounds", "token_max"), level=("scope", "metric", "stat")) > 2).all()
+    hit, warning = found[2]
+    assert (hit.xs(("layer", "sk_capped", "token_mean"), level=("scope", "metric", "stat")) == 1).all()
+    assert (hit.xs(("layer", "sk_rounds", "token_max"), level=("scope", "metric", "stat")) == 2).all()
+    assert warning is not None and "4 sub-layers" in warning and "sk_max_iters" in warning
+    assert "sk_rounds" not in set(pd.DataFrame(diagnostics_rows(small_model("mhc", 4), x, step=0)).metric)  # paper mode
 
 
 # ---------------------------------------------------------------------- diagnose_run

@@ -107,3 +107,18 @@ def test_without_a_baseline_the_papers_mhc_setting_is_the_reference(tmp_path):
                         "mHC (variant.sk_iters=20)": "reference"}
     assert verdicts["mHC (variant.sk_iters=5)"].startswith("inside the noise")
     assert any("the paper's mHC setting" in n for n in notes)
+
+
+def test_a_converged_sinkhorn_that_hit_its_cap_is_logged_recorded_and_reported(tiny_cfg, tmp_path):
+    """sk_max_iters=1 with a tolerance no single round meets: the run must not pass as 'converged'."""
+    from harness.rundir import RunDir
+
+    result = train(tiny_cfg("variant.name=mhc", "variant.sk_mode=converged", "variant.sk_tol=1e-9",
+                            "variant.sk_max_iters=1", "variant.res_init_offdiag=-1", "train.steps=2",
+                            "train.eval_every=2", "train.diag_every=2"))
+    assert "warning: step 0: Sinkhorn did not converge" in (result.run_dir / "train.log").read_text()
+    diag = RunDir(result.run_dir, writer=False).read_table("diagnostics")
+    assert (diag[(diag.metric == "sk_capped") & (diag.stat == "token_mean")].value > 0).all()
+    assert main(["report", str(tmp_path / "runs")]) == 0
+    md = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert f"Warning: in 1 runs ({result.run_dir.name}) Sinkhorn did not converge" in md

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from kernels.sinkhorn_reference import (
     KERNEL_EPS,
+    capped,
     sinkhorn,
     sinkhorn_converged,
     sinkhorn_kernel,
@@ -86,8 +87,23 @@ def test_converged_meets_its_tolerance():
     l = logits(2.0)
     m, rounds = sinkhorn_converged(l, 1e-6, 2000)
     row_gap, col_gap = stochasticity_gaps(m)
-    assert row_gap.max() <= 1e-6 and col_gap.max() <= 1e-6 and rounds < 2000
+    assert row_gap.max() <= 1e-6 and col_gap.max() <= 1e-6 and rounds.max() < 2000
+    assert rounds.shape == l.shape[:-2] and rounds.min() < rounds.max()  # each matrix its own count
+    assert not capped(m, 1e-6).any()
     torch.testing.assert_close(sinkhorn(l, mode="converged", tol=1e-6, max_iters=2000), m)
+
+
+def test_converged_stops_per_matrix_so_no_token_changes_another():
+    # A batch-wide stopping rule let the batch's worst matrix set every token's round count:
+    # appending a badly scaled token changed the H_res of the tokens before it (not causal).
+    easy = logits(0.5, (16, 4, 4))
+    hard = logits(5.0, (1, 4, 4), seed=1)
+    alone, rounds_alone = sinkhorn_converged(easy, 1e-6, 2000)
+    together, rounds_together = sinkhorn_converged(torch.cat([easy, hard]), 1e-6, 2000)
+    assert rounds_together[-1] > rounds_alone.max()  # the hard one needed more rounds ...
+    assert torch.equal(together[:16], alone) and torch.equal(rounds_together[:16], rounds_alone)  # ... and took none of the others along
+    for i in (0, 7):
+        assert torch.equal(sinkhorn_converged(easy[i:i + 1], 1e-6, 2000)[0][0], alone[i])
 
 
 def test_converged_on_badly_scaled_logits_stops_at_the_cap_but_beats_k20():
@@ -95,7 +111,8 @@ def test_converged_on_badly_scaled_logits_stops_at_the_cap_but_beats_k20():
     l = logits(5.0)
     m, rounds = sinkhorn_converged(l, 1e-6, 300)
     row_gap, col_gap = stochasticity_gaps(m)
-    assert rounds == 300 and row_gap.max() <= 1e-6
+    hit = capped(m, 1e-6)
+    assert hit.any() and (rounds[hit] == 300).all() and (rounds[~hit] < 300).all() and row_gap.max() <= 1e-6
     assert col_gap.mean() < 0.2 * stochasticity_gaps(sinkhorn_paper(l, 20))[1].mean()
 
 

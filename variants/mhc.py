@@ -74,9 +74,9 @@ class MHCOptions(MixingOptions, ManifoldInit):
                         "column normalisations; 0 = none", 20)
     sk_mode: str = doc("'paper' (column then row, rows exact), 'kernel' (row softmax first, column last, as in "
                        "DeepSeek's public kernels), 'converged' (to sk_tol)", "paper", choices=SK_MODES)
-    sk_tol: float = doc("converged mode: stop when max |row/column sum - 1| <= this", 1e-6)
-    sk_max_iters: int = doc("converged mode: iteration cap (badly scaled logits can need more; the diagnostics show "
-                            "the gap left)", 2000)
+    sk_tol: float = doc("converged mode: each H_res stops when its max |row/column sum - 1| <= this", 1e-6)
+    sk_max_iters: int = doc("converged mode: round cap per H_res (badly scaled logits can need more; diagnostics "
+                            "record sk_rounds and sk_capped, training warns when a matrix hits it)", 2000)
 
 
 class MHCResidual(StreamResidual):
@@ -138,7 +138,8 @@ class MHC(ResidualVariant):
     paper = "DeepSeek 2025, mHC: Manifold-Constrained Hyper-Connections (arXiv 2512.24880)"
     n_range = (1, 64)
     backends = ("torch", "triton")
-    contract_options = ({}, {"sk_mode": "kernel", "sk_iters": 3}, {"mode": "static"}, {"fixed": "res"}, {"fixed": "pre,post"})
+    contract_options = ({}, {"sk_mode": "kernel", "sk_iters": 3}, {"sk_mode": "converged", "sk_max_iters": 50}, {"mode": "static"}, {"fixed": "res"},
+                        {"fixed": "pre,post"})
 
     def check(self) -> None:
         c = self.opts
