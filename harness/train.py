@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from harness import distributed
+from harness import distributed, signals
 from harness.atomic import write_json
 from harness.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from harness.config import Config, from_dict
@@ -230,6 +230,7 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
             return
         metrics.flush()  # tables first: rows past the checkpoint step are dropped on resume
         diagnostics.flush()
+        signals.write(run)
         save_checkpoint(run.checkpoint, step=step, tokens=tokens, model_state=model_state,
                         optimizer_state=optim_state, config=cfg.to_dict())
 
@@ -313,6 +314,8 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
             bad_step, bad_loss = bad
             if dist.is_main:
                 metrics.flush()
+                diagnostics.flush()
+                signals.write(run)
             run.write_status("diverged", step=bad_step, steps=t.steps, error=f"loss became {bad_loss} at step {bad_step}")
             run.log(f"diverged: loss became {bad_loss} at step {bad_step}; last good checkpoint kept")
             return RunResult("diverged", run.path, bad_step, bad_loss, None)

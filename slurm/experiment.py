@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from harness import signals
 from harness.atomic import write_json, write_parquet, write_text
 from harness.config import flatten
 from harness.errors import UserError
@@ -219,7 +220,9 @@ def collect(exp: Experiment, all_versions: bool = False) -> dict[str, Path]:
     runs.parquet has one row per run: id, name, state, final losses, the environment's key
     facts, and the whole config flattened into `section.field` columns. Every other table a
     run folder holds (metrics, diagnostics, evaluations, ...) is concatenated into a table of
-    the same name with `run_id` and `name` columns in front.
+    the same name with `run_id` and `name` columns in front, and signals.parquet holds every
+    run's instability signals (harness/signals.py), their per-run summary in runs.parquet's
+    `signals.*` columns.
     """
     import pandas as pd
 
@@ -232,9 +235,12 @@ def collect(exp: Experiment, all_versions: bool = False) -> dict[str, Path]:
         row["swept"] = ",".join(k for k in r["settings"] if k != "preset")
         row.update({f"env.{k}": env.get(k) for k in ("n_params", "world_size", "device", "device_name", "torch", "git_commit", "git_dirty", "host")})
         row.update(flatten(r["config"]))
+        found = {name: run.read_table(name) if path.is_dir() else None for name in RunDir.TABLES}
+        if found["metrics"] is not None:  # computed now from the run's tables, so every run has today's definitions
+            found["signals"], summary = signals.of_run(run)
+            row.update({f"signals.{k}": v for k, v in summary.items()})
         rows.append(row)
-        for name in RunDir.TABLES:
-            df = run.read_table(name) if path.is_dir() else None
+        for name, df in found.items():
             if df is not None:
                 df.insert(0, "name", r["name"])
                 df.insert(0, "run_id", r["run_id"])

@@ -199,6 +199,12 @@ def test_debug_submit_status_collect_and_resubmit_trains_nothing(tmp_path, tiny_
     assert set(merged.run_id) == set(runs.run_id)
     one = merged[merged.run_id == runs.run_id[0]]
     assert one[one.split == "train"].step.tolist() == [1, 2, 3, 4]
+    signals = pd.read_parquet(exp / "signals.parquet")  # per step, and a summary per run
+    assert set(signals.run_id) == set(runs.run_id) and {"loss_spike", "grad_spike", "amax_fwd_mean"} <= set(signals.columns)
+    assert (runs["signals.loss_spikes"] >= 0).all() and not runs["signals.diverged"].any()
+    mhc = runs[runs["variant.name"] == "mhc"]
+    assert ((mhc["signals.amax_fwd_final"] - 1).abs() < 1e-3).all()  # doubly stochastic, rows exact
+    assert all((exp / f / "signals.parquet").is_file() for f in folders)  # written by training itself
 
 
 def test_submit_only_trains_the_selected_runs_and_the_experiment_keeps_the_grid(tmp_path, tiny_grid):
