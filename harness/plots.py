@@ -122,7 +122,7 @@ def ds_gap_vs_k(diagnostics: pd.DataFrame, runs: pd.DataFrame, out: Path) -> Pat
     mode = runs.get("variant.sk_mode", pd.Series("paper", index=runs.index))
     mhc = runs["variant.name"] == "mhc"
     finite = runs[mhc & (mode != "converged")]
-    if finite["variant.sk_iters"].nunique() < 2:
+    if "variant.sk_iters" not in finite or finite["variant.sk_iters"].nunique() < 2:  # no mHC run, or one k
         return None
     d = diagnostics[(diagnostics.scope == "layer") & diagnostics.metric.isin(["res_row_gap", "res_col_gap"])
                     & (diagnostics.stat == "token_max")]
@@ -203,3 +203,104 @@ def eval_scores(evals: pd.DataFrame, out: Path) -> Path | None:
                     sharex=False, col_wrap=min(3, d.task.nunique()))
     g.set_axis_labels("score", "")
     return _save(g.figure, out)
+
+
+# ---------------------------------------------------------------------- a swept axis (harness/axes.py)
+def _palette(series) -> dict:
+    """One colour per series, the same in every figure of a report."""
+    names = list(dict.fromkeys(series))
+    return dict(zip(names, sns.color_palette("tab10" if len(names) <= 10 else "husl", len(names))))
+
+
+def _axis_x(ax, axis: str, xs) -> None:
+    from harness.axes import AXES
+
+    ax.set_xscale("log", base=2 if axis == "model.n_layer" else 10)
+    if axis == "model.n_layer":
+        ax.set_xticks(sorted(xs))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%d"))
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlabel(AXES[axis])
+
+
+def _draw_series(ax, agg: pd.DataFrame, palette: dict, runs: pd.DataFrame | None = None, column: str = "") -> None:
+    """Mean line and CI band per series; with `runs`, every seed's own value as a small dot,
+    each series nudged sideways (multiplicatively: the x axis is logarithmic) so dots stay apart."""
+    names = list(palette)
+    for series, g in agg.sort_values(["order", "x"]).groupby("series", sort=False):
+        g = g[g["n"] > 0]
+        ax.plot(g["x"], g["mean"], marker="o", color=palette[series], label=series)
+        ax.fill_between(g["x"], g["low"], g["high"], color=palette[series], alpha=0.18, linewidth=0)
+        if runs is not None:
+            r = runs[(runs["series"] == series) & ~runs["diverged"]]
+            nudge = 2 ** (0.06 * (names.index(series) - (len(names) - 1) / 2))
+            ax.scatter(r["x"] * nudge, r[column], s=10, color=palette[series], alpha=0.55, linewidths=0)
+
+
+def loss_vs_axis(df: pd.DataFrame, axis: str, out: Path) -> Path | None:
+    """Final validation loss vs depth or lr: mean and 95% CI over the seeds that trained, a dot per
+    seed; × marks each diverged run at the top of the panel."""
+    from harness.axes import aggregate
+
+    if df.empty:
+        return None
+    palette = _palette(df.sort_values("order")["series"])
+    agg = aggregate(df, "val_loss")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    _draw_series(ax, agg, palette, df, "val_loss")
+    bad = df[df["diverged"]]
+    if len(bad):
+        top = ax.get_ylim()[1]
+        for series, g in bad.groupby("series"):
+            ax.scatter(g["x"], [top] * len(g), marker="x", s=60, color=palette[series], clip_on=False, zorder=5)
+        ax.scatter([], [], marker="x", color="0.3", label=f"diverged run ({len(bad)})")
+    _axis_x(ax, axis, df["x"].unique())
+    ax.set(ylabel="final validation loss", title="final validation loss (mean, 95% CI and each seed)")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def amax_vs_axis(df: pd.DataFrame, axis: str, out: Path) -> Path | None:
+    """Composite Amax of the whole depth at the end of training vs depth or lr (paper Fig. 3's
+    question across depths): geometric mean over seeds with a 95% CI on the log scale."""
+    from harness.axes import aggregate
+
+    if df.empty or df["amax_fwd_final"].isna().all():
+        return None
+    palette = _palette(df.sort_values("order")["series"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for ax, side, title in ((axes[0], "fwd", "forward (max |row sum|)"), (axes[1], "bwd", "backward (max |column sum|)")):
+        _draw_series(ax, aggregate(df, f"amax_{side}_final", log=True), palette, df, f"amax_{side}_final")
+        ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+        ax.set(yscale="log", title=f"composite Amax gain, {title}", ylabel="Π H_res over all sub-layers (token mean)")
+        _axis_x(ax, axis, df["x"].unique())
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    axes[0].legend(fontsize=8)
+    fig.suptitle("composite residual gain at the end of training (geometric mean, 95% CI over seeds)", y=1.02)
+    return _save(fig, out)
+
+
+def amax_over_training(signals: pd.DataFrame, df: pd.DataFrame, title: str, out: Path) -> Path | None:
+    """Whole-depth composite Amax vs step for the runs in `df` (one setting of the axis): the
+    geometric mean over seeds, band = the seeds' range."""
+    import numpy as np
+
+    s = signals[signals["run"].isin(df["run"])].dropna(subset=["amax_fwd_mean"])
+    if s.empty:
+        return None
+    s = s.merge(df[["run", "series", "order"]], on="run")
+    palette = _palette(df.sort_values("order")["series"])
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), sharey=True)
+    for ax, side, name in ((axes[0], "fwd", "forward"), (axes[1], "bwd", "backward")):
+        col = f"amax_{side}_mean"
+        for series, g in s.sort_values("order").groupby("series", sort=False):
+            per = g.groupby("step")[col]
+            geo = per.apply(lambda v: float(np.exp(np.log(v.clip(lower=1e-12)).mean())))
+            ax.plot(geo.index, geo.values, color=palette[series], label=series)
+            ax.fill_between(geo.index, per.min().values, per.max().values, color=palette[series], alpha=0.15, linewidth=0)
+        ax.axhline(1.0, color="0.4", lw=0.8, ls=":")
+        ax.set(yscale="log", xlabel="step", ylabel="composite Amax (token mean)", title=f"{name} gain over training")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.3g"))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, y=1.02)
+    return _save(fig, out)

@@ -19,6 +19,7 @@ import math
 import shutil
 from pathlib import Path
 
+from harness import signals
 from harness.atomic import write_text
 from harness.errors import UserError
 from harness.rundir import RunDir
@@ -218,6 +219,10 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     header, body, notes = loss_summary(rows)
     doc.table(header, body, notes)
 
+    axis_figures, focus_runs = _axis_sections(doc, [run for row in rows for run in row.runs], out)
+    if focus_runs is not None:  # per-step figures of one setting of the axis, not a line per depth
+        tables = {k: v[v["run"].isin(focus_runs)] if "run" in v else v for k, v in tables.items()}
+
     for layout in ("table1", "table4"):
         try:
             md, _ = make_table(experiment, layout, out_dir=out)
@@ -235,6 +240,7 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
         ("ds_gap_vs_k.png", lambda p: plots.ds_gap_vs_k(tables["diagnostics"], runs, p), "Doubly-stochastic gap of H_res vs Sinkhorn rounds k."),
         ("evals.png", lambda p: plots.eval_scores(tables["evals"], p), "Evaluation scores."),
     ]
+    figures = axis_figures + figures
     bench = bench_tables(experiment)
     if not bench["model"].empty:
         from harness.bench_model import summary
@@ -264,6 +270,49 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     write_text(out / "report.html", doc.page())
     write_text(out / "report.md", doc.markdown())
     return out / "report.md"
+
+
+def _axis_sections(doc, runs, out: Path) -> tuple[list, set | None]:
+    """For an experiment sweeping depth or learning rate (harness/axes.py): a section per axis
+    with its table (and, for lr, the largest stable lr), its figures, and the runs of the focus
+    setting the per-step figures are restricted to (None when nothing is swept)."""
+    import pandas as pd
+
+    from harness import axes, plots
+
+    swept = axes.swept_axes(runs)
+    if not swept:
+        return [], None
+    computed = axes.run_signals(runs)
+    per_step = pd.concat([t.assign(run=p.name) for p, (t, _) in computed.items()], ignore_index=True)
+    figures, focus_runs = [], None
+    for axis in swept:
+        df = axes.frame(runs, axis, computed)
+        name = axis.split(".")[1]
+        at = axes.focus(df, axis)
+        doc.h2(f"Across {axes.AXES[axis]}")
+        doc.table(*axes.axis_table(df, axis), [
+            "Means over the seeds that did not diverge, 95% Student-t intervals; gains are geometric means (interval on "
+            "log10). Composite Amax = the product of H_res over all sub-layers at the last diagnostics step.",
+            f"Spikes (harness/signals.py): loss above {signals.LOSS_SPIKE_FACTOR}x its running minimum after warm-up; "
+            f"gradient norm above {signals.GRAD_SPIKE_FACTOR:g}x the median of the previous {signals.GRAD_WINDOW} steps. "
+            "Diverged: a non-finite loss, or a final validation loss no better than at step 0."])
+        if axis == "optim.lr":
+            doc.h2("Largest stable learning rate")
+            doc.table(*axes.stable_lr_table(df), ["Stable: no seed diverged at that lr nor at any smaller one."])
+        focus = df[df["x"] == at]
+        focus_runs = set(focus["run"]) if focus_runs is None else focus_runs & set(focus["run"])
+        figures += [
+            (f"loss_vs_{name}.png", lambda p, df=df, axis=axis: plots.loss_vs_axis(df, axis, p),
+             f"Final validation loss vs {axes.AXES[axis]}: mean and 95% CI over seeds; × = a diverged run."),
+            (f"amax_vs_{name}.png", lambda p, df=df, axis=axis: plots.amax_vs_axis(df, axis, p),
+             f"Composite Amax gain of the whole depth at the end of training vs {axes.AXES[axis]} (log scale)."),
+            (f"amax_over_training_{name}.png",
+             lambda p, focus=focus, axis=axis, at=at: plots.amax_over_training(per_step, focus, f"{axis} = {at:g}", p),
+             f"Composite Amax over training at {axis} = {at:g} (geometric mean over seeds, band = their range)."),
+        ]
+        doc.p(f"The per-step figures below show {axis} = {at:g} only.")
+    return figures, focus_runs
 
 
 def _resolve(experiment, runs_dir: str) -> Path:

@@ -1,0 +1,68 @@
+"""Experiments sweeping depth or learning rate (harness/axes.py) and their report sections."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from harness import axes
+from harness.cli import main
+from harness.train import train
+
+
+def runs_frame(rows):
+    """(series, x, seed, val_loss, diverged, amax_fwd_final) tuples -> the frame axes.frame makes."""
+    df = pd.DataFrame(rows, columns=["series", "x", "seed", "val_loss", "diverged", "amax_fwd_final"])
+    df["order"] = df["series"].map({s: i for i, s in enumerate(dict.fromkeys(df["series"]))})
+    df["run"] = [f"r{i}" for i in range(len(df))]
+    return df
+
+
+def test_aggregate_leaves_diverged_runs_out_and_averages_gains_geometrically():
+    df = runs_frame([("HC", 16, 0, 2.0, False, 10.0), ("HC", 16, 1, 2.2, False, 1000.0), ("HC", 16, 2, math.nan, True, 1e9)])
+    loss = axes.aggregate(df, "val_loss").iloc[0]
+    assert loss["mean"] == pytest.approx(2.1) and loss["n"] == 2 and loss["diverged"] == 1 and loss["runs"] == 3
+    assert loss["low"] < 2.0 and loss["high"] > 2.2  # a t interval with 1 degree of freedom is wide
+    gain = axes.aggregate(df, "amax_fwd_final", log=True).iloc[0]
+    assert gain["mean"] == pytest.approx(100.0)  # sqrt(10 * 1000), not the arithmetic 505
+
+
+def test_largest_stable_lr_stops_at_the_first_divergence():
+    df = runs_frame([
+        ("mHC", 1e-3, 0, 2.5, False, 1), ("mHC", 1e-3, 1, 2.6, False, 1),
+        ("mHC", 1e-2, 0, 2.2, False, 1), ("mHC", 1e-2, 1, 2.3, False, 1),
+        ("mHC", 1e-1, 0, 9.0, True, 1), ("mHC", 1e-1, 1, 2.9, False, 1),
+        ("HC", 1e-3, 0, 2.4, False, 1), ("HC", 1e-2, 0, math.nan, True, 1), ("HC", 1e-1, 0, 2.9, False, 1),
+    ])
+    header, body = axes.stable_lr_table(df)
+    rows = {line[0]: line for line in body}
+    assert rows["mHC"][2:] == ["0.01", "0.1", "0.01 (2.250)"]
+    assert rows["HC"][2] == "0.001" and rows["HC"][3] == "0.01"  # 0.1 trained, but above a divergence: not "stable"
+    assert axes.focus(df, "optim.lr") == 1e-3 and axes.focus(df.assign(x=df["x"].map({1e-3: 4, 1e-2: 8, 1e-1: 16})), "model.n_layer") == 16
+
+
+@pytest.fixture
+def depth_experiment(tiny_cfg, tmp_path):
+    for variant in ("identity", "hc"):
+        for n_layer in (1, 2):
+            for seed in (0, 1):
+                train(tiny_cfg(f"variant.name={variant}", f"model.n_layer={n_layer}", f"train.seed={seed}", "train.steps=6",
+                               "train.eval_every=6", "train.diag_every=3", "train.checkpoint_every=6"))
+    return tmp_path / "runs"
+
+
+def test_a_depth_sweep_gets_its_section_figures_and_per_step_figures_at_the_deepest_setting(depth_experiment):
+    from harness.eval.table import finished_runs
+
+    runs, _ = finished_runs(depth_experiment)
+    assert axes.swept_axes(runs) == ["model.n_layer"]
+    df = axes.frame(runs, "model.n_layer")
+    assert set(df["series"]) == {"Baseline", "HC"} and sorted(df["x"].unique()) == [1, 2] and len(df) == 8
+    assert (df.loc[df.series == "Baseline", "amax_fwd_final"] == 1).all() and df["loss_spikes"].notna().all()
+    assert main(["report", str(depth_experiment)]) == 0
+    out = depth_experiment / "report"
+    md = (out / "report.md").read_text()
+    assert "## Across blocks (model.n_layer)" in md and "| HC | 2 | 2 |" in md
+    assert "The per-step figures below show model.n_layer = 2 only." in md
+    for name in ("loss_vs_n_layer.png", "amax_vs_n_layer.png", "amax_over_training_n_layer.png", "loss.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG", name
