@@ -76,6 +76,11 @@ def test_paper_grids_have_three_seeds_and_the_papers_settings():
     depth = load_grid(GRIDS / "depth.toml")
     assert {r.cfg.model.n_layer for r in depth.runs} == {2, 4, 8, 16, 32}
     assert {r.cfg.variant.name for r in depth.runs} == {r.cfg.variant.name for r in main.runs}
+    stress = load_grid(GRIDS / "lr_stress.toml")
+    assert {r.cfg.model.n_layer for r in stress.runs} == {16} and len({r.cfg.optim.lr for r in stress.runs}) >= 5
+    assert {(r.cfg.variant.name, getattr(r.cfg.variant.opts(), "sk_iters", None)) for r in stress.runs} == {
+        ("identity", None), ("hc", None), ("mhc", 20), ("mhc", 1), ("mhc-lite", None)}
+    assert len(stress.runs) == 5 * len({r.cfg.optim.lr for r in stress.runs}) * 3
     table1 = load_grid(GRIDS / "table1.toml")
     assert {r.cfg.variant.fixed for r in table1.runs if r.cfg.variant.name == "hc"} >= {"pre,post", "post", ""}
     k = load_grid(GRIDS / "k_sweep.toml")
