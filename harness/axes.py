@@ -20,10 +20,11 @@ AXES = {"model.n_layer": "blocks (model.n_layer)", "optim.lr": "peak learning ra
 
 def swept_axes(runs) -> list[str]:
     """The AXES that take at least two values among the runs (Run objects of harness/eval/table)."""
-    return [a for a in AXES if len({_get(r.config, a) for r in runs}) > 1]
+    return [a for a in AXES if len({axis_value(r.config, a) for r in runs}) > 1]
 
 
-def _get(cfg: dict, key: str):
+def axis_value(cfg: dict, key: str):
+    """The value of an axis ("model.n_layer") in a run's config dict."""
     section, name = key.split(".")
     return cfg.get(section, {}).get(name)
 
@@ -52,7 +53,7 @@ def frame(runs, axis: str, computed: dict | None = None):
     rows = []
     for r in runs:
         s = computed[r.path][1]
-        rows.append({"run": r.path.name, "series": series[r.path], "order": order[series[r.path]], "x": _get(r.config, axis),
+        rows.append({"run": r.path.name, "series": series[r.path], "order": order[series[r.path]], "x": axis_value(r.config, axis),
                      "seed": r.config["train"]["seed"], "state": r.state, "val_loss": r.val_loss, **s})
     return pd.DataFrame(rows).sort_values(["order", "x", "seed"], kind="stable").reset_index(drop=True)
 

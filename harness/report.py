@@ -17,6 +17,7 @@ import html
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 from harness import signals
@@ -24,7 +25,7 @@ from harness.atomic import write_text
 from harness.errors import UserError
 from harness.rundir import RunDir
 
-SMALL_TABLE_BYTES = 20 * 1024 * 1024  # publish copies tables up to this size
+SMALL_TABLE_BYTES = 4 * 1024 * 1024  # publish copies tables up to this size (results/ lives in git)
 
 
 # ---------------------------------------------------------------------- loading
@@ -93,17 +94,32 @@ def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
     """Final validation loss per configuration vs a reference row, with an honest verdict.
 
     The reference is the Baseline (identity); an experiment without one (a k sweep, say) is
-    compared with the paper's own mHC setting when it has that row.
+    compared with the paper's own mHC setting when it has that row. In a depth or learning-rate
+    sweep each configuration is compared with the reference at the same depth and lr.
     """
+    from harness.axes import AXES, axis_value, swept_axes
     from harness.eval.table import summarize
 
-    base = next((r for r in rows if r.label == "Baseline"), None) or next((r for r in rows if r.paper_label == "mHC"), None)
-    ref = base.label if base else "Baseline"
-    base_vals = [run.val_loss for run in base.runs] if base else []
-    base_mean = sum(base_vals) / len(base_vals) if base_vals else math.nan
-    header = ["configuration", "runs", "final val loss", f"Δ vs {ref}", "Welch p", "verdict"]
+    swept = swept_axes([run for row in rows for run in row.runs])
+
+    def cell(row):
+        return tuple(axis_value(row.runs[0].config, a) for a in swept)
+
+    refs = {}
+    for row in rows:
+        refs.setdefault(cell(row), []).append(row)
+    refs = {c: next((r for r in same if r.variant == "identity"), None) or next((r for r in same if r.paper_label == "mHC"), None)
+            for c, same in refs.items()}
+    kinds = {("Baseline" if r.variant == "identity" else "mHC (the paper's setting)") for r in refs.values() if r is not None}
+    distinct = list({id(r): r for r in refs.values() if r is not None}.values())
+    ref_name = distinct[0].label if len(distinct) == 1 else " / ".join(sorted(kinds)) or "Baseline"
+    where = f" at the same {' and '.join(AXES[a].split(' (')[0] for a in swept)}" if swept else ""
+    header = ["configuration", "runs", "final val loss", f"Δ vs {ref_name}{where}", "Welch p", "verdict"]
     body, notes = [], []
     for row in rows:
+        base = refs[cell(row)]
+        base_vals = [run.val_loss for run in base.runs] if base else []
+        base_mean = sum(base_vals) / len(base_vals) if base_vals else math.nan
         vals = [run.val_loss for run in row.runs]
         mean, half, what = summarize(vals, [math.nan] * len(vals))
         delta = mean - base_mean if row is not base else 0.0
@@ -115,18 +131,18 @@ def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
         elif p != p:
             verdict = "no test (needs ≥ 2 seeds on both sides)"
         elif p < 0.05:
-            verdict = f"lower loss than {ref}" if delta < 0 else f"higher loss than {ref}"
+            verdict = f"lower loss than {base.label}" if delta < 0 else f"higher loss than {base.label}"
         else:
             verdict = f"inside the noise (p = {p:.2f})"
         ci = f" ± {half:.4f}" if half == half else ""
         body.append([row.label, str(len(vals)), f"{mean:.4f}{ci}", f"{delta:+.4f}" if delta == delta else "–",
                      f"{p:.3g}" if p == p else "–", verdict])
     notes.append("± is a 95% CI over seeds (Student t); p is Welch's two-sided t-test of the final validation "
-                 f"loss against {ref}; a difference with p ≥ 0.05 is reported as inside the noise.")
-    if not base:
+                 f"loss against {ref_name}{where}; a difference with p ≥ 0.05 is reported as inside the noise.")
+    if not any(refs.values()):
         notes.append("No Baseline (identity) runs in this experiment: deltas and tests are omitted.")
-    elif base.label != "Baseline":
-        notes.append(f"No Baseline (identity) runs in this experiment: the reference is {ref}, the paper's mHC setting.")
+    elif "Baseline" not in kinds:
+        notes.append(f"No Baseline (identity) runs in this experiment: the reference is {ref_name}, the paper's mHC setting.")
     return header, body, notes
 
 
@@ -324,8 +340,21 @@ def _resolve(experiment, runs_dir: str) -> Path:
     return p.resolve()
 
 
+def _write_final_step(src: Path, dest: Path) -> None:
+    """The diagnostics of each run's last step only: what the report's per-layer figures draw."""
+    import pandas as pd
+
+    d = pd.read_parquet(src)
+    last = d.groupby("run_id")["step"].transform("max") if "run_id" in d else d["step"].max()
+    d[d["step"] == last].to_parquet(dest, index=False)
+
+
 def publish(experiment, runs_dir: str = "runs", results_dir: str = "results") -> Path:
-    """Copy the report and the experiment's small tables (no checkpoints) to results/<name>/."""
+    """Copy the report and the experiment's small tables (no checkpoints) to results/<name>/.
+
+    A diagnostics table over SMALL_TABLE_BYTES (a deep grid's spans at every step) is published
+    as diagnostics-final.parquet, each run's last step; other tables over it are left out, named.
+    """
     experiment = _resolve(experiment, runs_dir)
     report = experiment / "report"
     if not (report / "report.md").is_file():
@@ -341,6 +370,11 @@ def publish(experiment, runs_dir: str = "runs", results_dir: str = "results") ->
         for f in list(experiment.glob("*.parquet")) + list((experiment / "bench").glob("*.parquet")):
             if f.stat().st_size <= SMALL_TABLE_BYTES:
                 shutil.copy2(f, tmp / (f.name if f.parent == experiment else f"bench-{f.name}"))
+            elif f.name == "diagnostics.parquet":  # deep grids: millions of span rows; signals.parquet keeps the whole-depth ones
+                _write_final_step(f, tmp / "diagnostics-final.parquet")
+            else:
+                print(f"publish: {f.name} left out ({f.stat().st_size / 2**20:.0f} MiB > {SMALL_TABLE_BYTES / 2**20:.0f} MiB)",
+                      file=sys.stderr)
         old = dest.parent / f".{dest.name}.old"
         if dest.exists():
             dest.rename(old)

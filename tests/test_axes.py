@@ -66,3 +66,37 @@ def test_a_depth_sweep_gets_its_section_figures_and_per_step_figures_at_the_deep
     assert "The per-step figures below show model.n_layer = 2 only." in md
     for name in ("loss_vs_n_layer.png", "amax_vs_n_layer.png", "amax_over_training_n_layer.png", "loss.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_a_miniature_of_the_shipped_depth_grid_runs_collects_and_reports_amax_vs_depth(tmp_path, data_cache):
+    """slurm/grids/depth.toml cut to 2 variants x 2 depths x 2 seeds and a few steps, end to end."""
+    import re
+    from pathlib import Path
+
+    from grid_helpers import cli
+
+    text = (Path(__file__).resolve().parents[1] / "slurm" / "grids" / "depth.toml").read_text()
+    cuts = {r"^variant = .*$": 'variant = ["identity", "hc"]', r'^"model.n_layer" = .*$': '"model.n_layer" = [1, 2]',
+            r"^seed = .*$": "seed = [0, 1]", r"^train.steps = .*$": "train.steps = 6", r"^train.eval_every = .*$": "train.eval_every = 6",
+            r"^train.diag_every = .*$": "train.diag_every = 3", r"^train.checkpoint_every = .*$": "train.checkpoint_every = 6"}
+    for pattern, line in cuts.items():
+        text, n = re.subn(pattern, line, text, flags=re.M)
+        assert n == 1, pattern  # the shipped grid still has the line this miniature replaces
+    grid = tmp_path / "depth.toml"
+    grid.write_text(text)
+    runs_dir = tmp_path / "runs"
+    code, out, err = cli("submit", grid, "--cluster", "debug", "--runs-dir", runs_dir, "--set", f"data.cache_dir={data_cache}")
+    assert code == 0 and "finished: 8 done" in out, out + err
+    exp = runs_dir / "depth"
+    assert cli("collect", exp)[0] == 0
+    runs = pd.read_parquet(exp / "runs.parquet")
+    assert len(runs) == 8 and set(runs["model.n_layer"]) == {1, 2} and set(runs["variant.name"]) == {"identity", "hc"}
+    for column in ("signals.loss_spikes", "signals.grad_spikes", "signals.diverged", "signals.amax_fwd_final", "signals.amax_bwd_final"):
+        assert runs[column].notna().all(), column
+    assert (runs.loc[runs["variant.name"] == "identity", "signals.amax_fwd_final"] == 1).all()
+    signals = pd.read_parquet(exp / "signals.parquet")
+    assert set(signals.run_id) == set(runs.run_id) and signals.groupby("run_id").step.nunique().min() >= 2  # over training
+    assert main(["report", str(exp)]) == 0
+    figure = exp / "report" / "amax_vs_n_layer.png"
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    assert "amax_vs_n_layer.png" in (exp / "report" / "report.md").read_text()

@@ -140,6 +140,10 @@ def test_per_variant_sub_axes_only_multiply_their_variant(tmp_path):
     ('preset = "tiny"\n[axes]\nvariant = ["mhc", { name = "mhc", sk_iters = 20 }]\n', "have the same config"),
     ('preset = "tiny"\n[axes]\nvariant = [{ name = "mhc", fixed = "pree" }]\n', "unknown mapping 'pree'"),
     ('preset = "tiny"\n[slurm]\npartion = "gpu"\n', "unknown option 'partion' (did you mean 'partition'?)"),
+    ('preset = "tiny"\n[axes]\n"model.n_layr" = [2, 4]\n', "unknown axis 'model.n_layr' (did you mean 'model.n_layer'?)"),
+    ('preset = "tiny"\n[axes]\n"model.n_layer" = [2, "four"]\n', "model.n_layer expects an integer, got 'four'"),
+    ('preset = "tiny"\n[axes]\n"model.n_layer" = [2, 4.5]\n', "model.n_layer expects int"),
+    ('preset = "tiny"\n[axes]\n"optim.lr" = [1e-3, "fast"]\n', "optim.lr expects a number, got 'fast'"),
 ])
 def test_malformed_grid_is_one_line_error_naming_file_and_problem(tmp_path, body, message):
     p = write(tmp_path, body)

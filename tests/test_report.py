@@ -122,3 +122,24 @@ def test_a_converged_sinkhorn_that_hit_its_cap_is_logged_recorded_and_reported(t
     assert main(["report", str(tmp_path / "runs")]) == 0
     md = (tmp_path / "runs" / "report" / "report.md").read_text()
     assert f"Warning: in 1 runs ({result.run_dir.name}) Sinkhorn did not converge" in md
+
+
+def test_publish_keeps_the_last_diagnostics_step_of_each_run_when_the_table_is_large(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from harness import report
+
+    exp = tmp_path / "runs" / "deep"
+    (exp / "report").mkdir(parents=True)
+    (exp / "report" / "report.md").write_text("# r\n")
+    rows = [dict(run_id=r, step=s, scope="span", metric="amax_fwd", value=float(s)) for r in ("a", "b") for s in (0, 10, 20 if r == "a" else 30)]
+    pd.DataFrame(rows).to_parquet(exp / "diagnostics.parquet")
+    pd.DataFrame({"step": range(500), "loss": 1.0}).to_parquet(exp / "metrics.parquet")
+    pd.DataFrame({"run_id": ["a", "b"]}).to_parquet(exp / "runs.parquet")
+    size = (exp / "runs.parquet").stat().st_size
+    monkeypatch.setattr(report, "SMALL_TABLE_BYTES", size)  # runs.parquet fits, the others do not
+    dest = report.publish(exp, results_dir=str(tmp_path / "results"))
+    assert {p.name for p in dest.iterdir()} == {"report.md", "runs.parquet", "diagnostics-final.parquet"}
+    final = pd.read_parquet(dest / "diagnostics-final.parquet")
+    assert sorted(zip(final.run_id, final.step)) == [("a", 20), ("b", 30)]
+    assert "metrics.parquet left out" in capsys.readouterr().err
