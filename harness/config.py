@@ -171,6 +171,27 @@ class Config:
         return self.run.name or f"{self.preset}-{self.variant.name}-{self.config_hash()}"
 
 
+def check_world(cfg: Config, world: int) -> None:
+    """Refuse a job of `world` processes that cannot train `cfg`, with the fix in the message.
+
+    Each process trains an equal share of every step's `grad_accum` micro-batches
+    (harness/distributed.py), so grad_accum must be a multiple of the world size. The job asks
+    this as soon as it knows its size (harness/train.py); `grid plan`, `grid submit` and `sweep`
+    ask it for the resources requested (slurm/dispatch.py), so a grid that cannot run is
+    refused before it waits in a queue, with the same words the job would have failed with.
+    """
+    t = cfg.train
+    if world < 1 or t.grad_accum % world == 0:
+        return
+    seqs = t.batch_size * t.grad_accum
+    same = next((g for g in range(world, seqs + 1, world) if g >= t.grad_accum and seqs % g == 0), None)
+    fix = (f"set train.grad_accum={same} and train.batch_size={seqs // same} (the same {seqs} sequences per step)"
+           if same else f"set train.grad_accum to a multiple of {world}")
+    fewer = max(d for d in range(1, world + 1) if t.grad_accum % d == 0)
+    raise UserError(f"train.grad_accum={t.grad_accum} is not a multiple of the job's {world} processes (each trains an "
+                    f"equal share of every step's micro-batches): {fix}, or run {fewer} process{'es' if fewer > 1 else ''}")
+
+
 # ---------------------------------------------------------------------- overrides
 def _field_map(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}

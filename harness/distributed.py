@@ -59,12 +59,8 @@ class Dist:
 
     # ------------------------------------------------------------------ the step
     def micro_batches(self, grad_accum: int) -> range:
-        """This rank's micro-batch indices of a step (all of them in a single process)."""
-        if grad_accum % self.world:
-            raise UserError(
-                f"train.grad_accum={grad_accum} must be a multiple of the {self.world} processes of the job "
-                "(each trains an equal share of every batch); raise grad_accum or use fewer tasks"
-            )
+        """This rank's micro-batch indices of a step (all of them in a single process); train()
+        has checked that grad_accum is a multiple of the world size (harness/config.check_world)."""
         return range(self.rank, grad_accum, self.world)
 
     def place(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -29,7 +29,7 @@ import torch
 from harness import distributed, signals
 from harness.atomic import write_json
 from harness.checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from harness.config import Config, from_dict
+from harness.config import Config, check_world, from_dict
 from harness.diagnostics import DIAGNOSTICS_NAME, capped_summary, diagnostics_rows
 from harness.errors import UserError
 from harness.fsdp import full
@@ -152,6 +152,7 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)  # option errors before any file is written
     dist = distributed.setup(resolve_device(cfg.train.device), cfg.train.parallel)  # a no-op unless WORLD_SIZE > 1
     try:
+        check_world(cfg, dist.world)  # what `grid plan`/`grid submit` checked for the resources asked
         return _train_run(cfg, resume, dist, on_validation)
     finally:
         dist.close()

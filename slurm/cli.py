@@ -38,7 +38,9 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster", choices=("local", "slurm", "debug"), default="local",
                    help="local: subprocesses here (default); slurm: one job array; debug: in this process")
     g.add_argument("--partition")
-    g.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM:SS (a job requeues itself before it)")
+    g.add_argument("--time", help="time limit per job: minutes or [D-]HH:MM:SS (90 s before it a job checkpoints and requeues itself)")
+    g.add_argument("--max-requeues", type=int, metavar="N",
+                   help="time-outs after which a run's job may requeue itself (default 10; the next one fails the run, resumable)")
     g.add_argument("--nodes", type=int)
     g.add_argument("--tasks-per-node", type=int, help="processes per node (DDP ranks); default: --gpus-per-node, else 1")
     g.add_argument("--gpus-per-node", type=int)
@@ -67,18 +69,23 @@ def _load_kwargs(args) -> dict:
     return {"preset": args.preset, "overrides": args.overrides, "experiment": args.experiment, "runs_dir": args.runs_dir}
 
 
-def _resources(args, grid):
-    from slurm.dispatch import resources
+def _resources(args, grid, runs=None):
+    """The resources asked for (grid's [slurm], then the command line), checked against `runs` (default: the grid's)
+    as their jobs would check them, so nothing that would fail in the queue is submitted."""
+    from slurm.dispatch import check_request, resources
 
     sbatch = {}
     for item in args.sbatch:
         key, eq, value = item.partition("=")
         sbatch[key.strip().lstrip("-")] = value if eq else True
     cli = {k: getattr(args, k) for k in ("time", "partition", "nodes", "tasks_per_node", "gpus_per_node", "gpus_per_task",
-                                         "cpus_per_task", "mem_gb", "array_parallelism", "account", "qos", "constraint", "exclude")}
+                                         "cpus_per_task", "mem_gb", "array_parallelism", "account", "qos", "constraint", "exclude",
+                                         "max_requeues")}
     cli["sbatch"] = {**grid.slurm.get("sbatch", {}), **sbatch}
     cli["setup"] = list(grid.slurm.get("setup", [])) + list(args.setup)
-    return resources(grid.slurm, cli)
+    res = resources(grid.slurm, cli)
+    check_request(grid.runs if runs is None else runs, res, args.cluster)
+    return res
 
 
 def _table(rows: list[list], header: list[str]) -> str:
@@ -98,8 +105,10 @@ def _fmt_loss(x) -> str:
 # ---------------------------------------------------------------------- commands
 def cmd_plan(args) -> int:
     from harness.rundir import RunDir
+    from slurm.dispatch import SIGNAL_LEAD_S, requeue_limit
 
     grid = _load(args)
+    res = _resources(args, grid)
     rows = []
     for i, r in enumerate(grid.runs):
         c = r.cfg
@@ -111,7 +120,6 @@ def cmd_plan(args) -> int:
     print(f"grid:        {grid.path}" + (f"  ({grid.description})" if grid.description else ""))
     print(f"experiment:  {grid.exp_dir}")
     print(_table(rows, ["#", "name", "id", "preset", "variant", "n", "settings", "steps", "tokens", "state"]))
-    res = _resources(args, grid)
     todo = sum(1 for row in rows if row[-1] not in ("done", "diverged"))
     gpus = (res.gpus_per_node or 0) * res.nodes or (res.gpus_per_task or 0) * res.world
     per_job = (f"{res.nodes} node(s) x {res.tasks} task(s)" + (f", {gpus} GPU(s)" if gpus else "")
@@ -119,7 +127,11 @@ def cmd_plan(args) -> int:
                + (f", {res.mem_gb:g} GB" if res.mem_gb else "") + (f", {res.time} min limit" if res.time else ", no time limit set"))
     print(f"\n{len(rows)} runs ({todo} to train); each job: {per_job}")
     if res.time and gpus:
-        print(f"budget: at most {todo * res.time * gpus / 60:.1f} GPU-hours ({todo} jobs x {res.time} min x {gpus} GPU)")
+        print(f"budget: at most {todo * res.time * gpus / 60:.1f} GPU-hours per round of jobs ({todo} jobs x {res.time} min x {gpus} GPU; "
+              "each requeue of a job is another round for it)")
+    if res.time and args.cluster in SIGNAL_LEAD_S:
+        print(f"requeue: {SIGNAL_LEAD_S[args.cluster]} s before its {res.time} min limit a job checkpoints and requeues itself, "
+              f"at most {requeue_limit(args.cluster, res)} times per job on time-outs; after that its run is failed (resumable)")
     if res.partition or res.account or res.qos:
         print("slurm: " + ", ".join(f"{k}={getattr(res, k)}" for k in ("partition", "account", "qos") if getattr(res, k)))
     print("nothing submitted (plan only)")
@@ -132,9 +144,9 @@ def cmd_submit(args) -> int:
     from slurm.grid import select_runs
 
     grid = _load(args)
-    res = _resources(args, grid)
-    exp = Experiment(grid.exp_dir)
     chosen, others = select_runs(grid.runs, args.only)
+    res = _resources(args, grid, chosen)
+    exp = Experiment(grid.exp_dir)
     todo, skipped = plan_submission(exp, chosen, force=args.force)
     exp.register(grid)
     print(f"experiment:  {exp.path}")

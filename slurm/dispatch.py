@@ -10,6 +10,11 @@ time-out or pre-emption and the torch.distributed environment. What is ours:
   (`scontrol requeue`, node drain) it asks the loop to checkpoint and stop at the next step
   boundary, then hands over to submitit, which calls `checkpoint()` and requeues the job; the
   requeued job resumes at exactly that step, so no optimiser step is lost or repeated.
+  submitit requeues a job after at most `max_requeues` time-outs; at the next one the run is
+  marked failed with the reason (`RunJob._give_up`) rather than left "stopped" by a job that
+  ended FAILED without a word.
+* Before anything is queued, `check_request` refuses resources the runs could not use (world
+  size vs grad_accum, tasks vs GPUs, memory, a time limit inside the signal's lead).
 * What is submitted: runs already done or diverged are skipped, as are runs a live job of an
   earlier submission still owns (pending or running per the scheduler, or holding the lock).
 * The code a job runs is frozen at submit time (slurm/snapshot.py).
@@ -41,6 +46,11 @@ from slurm.experiment import ACTIVE_JOB_STATES, Experiment, is_locked, scheduler
 from slurm.grid import Run
 
 CLUSTERS = ("local", "slurm", "debug")
+# How long before its time limit a job gets the warning signal (USR2) and checkpoints: `--signal=USR2@90`
+# on SLURM; submitit's local controller sends it 30 s early. A time limit within it would requeue at once.
+SIGNAL_LEAD_S = {"slurm": 90, "local": 30}
+MAX_REQUEUES = 10  # default of --max-requeues / [slurm] max_requeues
+LOCAL_MAX_REQUEUES = 5  # submitit's local controller starts a job at most 6 times, whatever it is told
 LOCK_RETRIES = 5  # a `grid status` probe holds a run's lock for microseconds: retry before giving up
 
 
@@ -136,9 +146,25 @@ class RunJob(submitit.helpers.Checkpointable):
                     raise
             # any other exception: train() has recorded status "failed" with the error; the job fails
             if result.status == "stopped" and stop.signum is not None:
-                stop.hand_over()
+                try:
+                    stop.hand_over()
+                except submitit.core.utils.UncompletedJobError as e:  # submitit will not requeue it again
+                    if env.global_rank == 0:
+                        self._give_up(cfg, result, e)
+                    raise
         status = "pruned" if result.status == "stopped" and hook is not None and hook.pruned else result.status
         return self._outcome(env, status, step=result.step, train_loss=result.train_loss, val_loss=result.val_loss)
+
+    def _give_up(self, cfg, result, e: Exception) -> None:
+        """The run stopped cleanly but will not be requeued (its time-outs used up its requeues):
+        say so in its status, which `grid status`, `grid collect` and a sweep read, instead of
+        leaving a "stopped" run that nothing will ever continue."""
+        why = str(e).removeprefix("Job not requeued because: ").rstrip(".")
+        limit = self.spec.get("max_requeues", MAX_REQUEUES)
+        error = (f"not requeued: {why} (max_requeues = {limit}); stopped at step {result.step}/{cfg.train.steps} with a "
+                 "checkpoint: `grid submit` again resumes it; a longer --time or a higher --max-requeues lets it finish")
+        RunDir(Path(cfg.run.runs_dir) / cfg.run.name).write_status(
+            "failed", step=result.step, steps=cfg.train.steps, train_loss=result.train_loss, error=error)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         """Requeue this same job: the state to resume from is the run's checkpoint on disk."""
@@ -175,6 +201,7 @@ class Resources:
     exclude: str | None = None
     sbatch: dict = field(default_factory=dict)  # extra #SBATCH --key=value
     setup: list = field(default_factory=list)  # shell lines before srun (module load, ...)
+    max_requeues: int = MAX_REQUEUES  # time-outs a run's job may requeue itself after; one more fails the run
 
     @property
     def tasks(self) -> int:
@@ -216,7 +243,68 @@ def resources(grid_slurm: dict, cli: dict) -> Resources:
     for key in ("nodes", "tasks_per_node", "gpus_per_node", "gpus_per_task", "cpus_per_task", "array_parallelism"):
         if merged.get(key) is not None and merged[key] < 1:
             raise UserError(f"{key.replace('_', '-')} must be at least 1, got {merged[key]}")
+    if merged.get("max_requeues") is not None and merged["max_requeues"] < 0:
+        raise UserError(f"max-requeues must be 0 or more, got {merged['max_requeues']}")
     return Resources(**merged)
+
+
+def check_request(runs: list[Run], res: Resources, cluster: str) -> None:
+    """Refuse, before anything is queued, resources the jobs could not use; one line naming the run and the fix.
+
+    What a job would find out only after waiting in the queue: its world size against the run's
+    micro-batches (`harness.config.check_world`, the very check the job makes), processes per
+    node against GPUs per node (each process drives one GPU), a time limit inside the warning
+    signal's lead (the job would checkpoint and requeue before training a step), and host
+    memory below what the model's matrices alone need (SLURM kills a job over --mem-gb).
+    """
+    from harness.config import check_world
+
+    if cluster == "local" and res.nodes > 1:
+        raise UserError(f"--nodes {res.nodes}: the local cluster is this one machine; use --cluster slurm or --nodes 1")
+    lead = SIGNAL_LEAD_S.get(cluster)
+    if res.time and lead and res.time * 60 <= lead:
+        raise UserError(f"time limit {res.time} min (--time or [slurm] time) is not longer than the {lead} s before it at which "
+                        f"a job checkpoints and requeues itself: every job would stop before training; ask for at least {lead // 60 + 1} min")
+    gpus = node_gpus(res)
+    if gpus and gpus != res.tasks:
+        fix = f"--tasks-per-node {gpus}" if res.tasks < gpus else f"--gpus-per-node {res.tasks}"
+        raise UserError(f"{res.tasks} process(es) per node with {gpus} GPU(s) per node: each process drives one GPU, so "
+                        + (f"{gpus - res.tasks} GPU(s) would sit idle" if res.tasks < gpus else "processes would share a GPU")
+                        + f"; ask for {fix}")
+    for run in runs:
+        try:
+            check_world(run.cfg, res.world)
+            if gpus and run.cfg.train.device == "cpu":
+                raise UserError(f"train.device=cpu but the job asks for {gpus} GPU(s) per node: drop the GPUs or set train.device=auto")
+            if cluster == "slurm" and res.mem_gb is not None:
+                need = res.tasks * host_gb(run.cfg, on_gpu=bool(gpus) or run.cfg.train.device.startswith("cuda"))
+                if res.mem_gb < need:
+                    raise UserError(f"--mem-gb {res.mem_gb:g} is below the {need:.2f} GB its {res.tasks} process(es) per node need for "
+                                    "the model's matrices alone (fp32 weights; on a CPU also gradients and AdamW state); ask for more")
+        except UserError as e:
+            raise UserError(f"run {run.name}: {e}") from None
+
+
+def node_gpus(res: Resources) -> int:
+    """GPUs each node of a job gets (0: none asked for)."""
+    return res.gpus_per_node or (res.gpus_per_task or 0) * res.tasks
+
+
+def host_gb(cfg, on_gpu: bool) -> float:
+    """A lower bound on one process's host memory, in GB: every process builds the whole model on
+    the host in fp32 (harness/train.py, harness/fsdp.py); on a CPU it also keeps the gradients and
+    AdamW's two moments there. Only the blocks' attention and MLP matrices are counted (the
+    embedding's size depends on the tokenizer trained later), so a refusal is never wrong."""
+    from harness.model import mlp_hidden
+
+    m = cfg.model
+    params = m.n_layer * (4 * m.d_model ** 2 + 3 * m.d_model * mlp_hidden(m))
+    return params * 4 * (1 if on_gpu else 4) / 1e9
+
+
+def requeue_limit(cluster: str, res: Resources) -> int:
+    """How many time-outs a job may requeue itself after (submitit's max_num_timeout); the next fails its run."""
+    return min(res.max_requeues, LOCAL_MAX_REQUEUES) if cluster == "local" else res.max_requeues
 
 
 def make_executor(cluster: str, folder: Path, res: Resources):
@@ -226,7 +314,8 @@ def make_executor(cluster: str, folder: Path, res: Resources):
     if cluster == "slurm" and submitit.SlurmExecutor.affinity() < 0:
         raise UserError("--cluster slurm but there is no `srun` on PATH: run on a SLURM login node, "
                         "start the test cluster (bash slurm/cluster.sh up; export SLURM_CONF=...), or use --cluster local")
-    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=10)
+    limit = requeue_limit(cluster, res)
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=limit, local_max_num_timeout=limit)
     params = {"name": "mhc-bench", "nodes": res.nodes, "tasks_per_node": res.tasks}
     if res.time:
         params["timeout_min"] = res.time
@@ -236,6 +325,7 @@ def make_executor(cluster: str, folder: Path, res: Resources):
         if getattr(res, key) is not None:
             params[key] = getattr(res, key)
     if cluster == "slurm":
+        params["slurm_signal_delay_s"] = SIGNAL_LEAD_S["slurm"]
         for key in ("partition", "gpus_per_task", "account", "qos", "constraint", "exclude", "array_parallelism"):
             if getattr(res, key) is not None:
                 params[f"slurm_{key}"] = getattr(res, key)
@@ -344,7 +434,7 @@ class Dispatcher:
 
     def _spec(self, h: Handle) -> dict:
         """The job's data; local runs sharing this machine split its cores between them."""
-        spec = {**h.run.spec(), **h.extra}
+        spec = {**h.run.spec(), **h.extra, "max_requeues": requeue_limit(self.cluster, self.res)}
         if self.res.cpus_per_task:
             spec["threads"] = self.res.cpus_per_task
         elif self.cluster == "local" and self.parallelism > 1:

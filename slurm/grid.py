@@ -24,8 +24,9 @@ empty axis, a bad value or bad TOML is one UserError naming the file and the pro
     "optim.lr" = [1e-3, 3e-3]
 
     [slurm]                            # default resources; command-line options win
-    time = 60                          # minutes (or "HH:MM:SS")
+    time = 60                          # minutes (or "HH:MM:SS"); a job checkpoints and requeues 90 s before it
     gpus_per_node = 1
+    max_requeues = 10                  # time-outs a run's job may requeue itself after; one more fails the run
 
     [tune]                             # `mhc-bench sweep` (Optuna, a study per arm); see slurm/sweep.py
     trials = 20
@@ -60,7 +61,7 @@ ARM_SHORTHANDS = {"n": "n_streams", "k": "sk_iters"}
 SLURM_KEYS = {
     "partition": str, "time": (int, str), "nodes": int, "tasks_per_node": int, "gpus_per_node": int,
     "gpus_per_task": int, "cpus_per_task": int, "mem_gb": (int, float), "array_parallelism": int,
-    "account": str, "qos": str, "constraint": str, "exclude": str, "sbatch": dict, "setup": list,
+    "account": str, "qos": str, "constraint": str, "exclude": str, "sbatch": dict, "setup": list, "max_requeues": int,
 }
 
 

@@ -170,6 +170,77 @@ def test_cli_plan_writes_nothing_and_bad_grid_exits_2(tmp_path, tiny_grid):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks-per-node", "2"], "run identity-seed=0: train.grad_accum=1 is not a multiple of the job's 2 processes "
+                                "(each trains an equal share of every step's micro-batches): set train.grad_accum=2 and "
+                                "train.batch_size=4 (the same 8 sequences per step), or run 1 process"),
+    (["--preset", "gpt-s", "--gpus-per-node", "8"], "train.grad_accum=4 is not a multiple of the job's 8 processes"),
+    (["--preset", "gpt-s", "--gpus-per-node", "4", "--nodes", "2"], "set train.grad_accum=8 and train.batch_size=16 (the same "
+                                                                    "128 sequences per step), or run 4 processes"),
+    (["--gpus-per-node", "2", "--tasks-per-node", "1"], "1 process(es) per node with 2 GPU(s) per node: each process drives one "
+                                                        "GPU, so 1 GPU(s) would sit idle; ask for --tasks-per-node 2"),
+    (["--gpus-per-task", "2"], "1 GPU(s) would sit idle"),
+    (["--gpus-per-node", "1", "--tasks-per-node", "2", "--set", "train.grad_accum=2"], "processes would share a GPU; ask for --gpus-per-node 2"),
+    (["--gpus-per-node", "1", "--set", "train.device=cpu"], "run identity-seed=0: train.device=cpu but the job asks for 1 GPU(s)"),
+    (["--time", "1"], "time limit 1 min (--time or [slurm] time) is not longer than the 90 s before it"),
+    (["--preset", "gpt-l", "--mem-gb", "4"], "run identity-seed=0: --mem-gb 4 is below the 4.86 GB its 1 process(es) per node need"),
+    (["--max-requeues", "-1"], "max-requeues must be 0 or more, got -1"),
+])
+def test_plan_and_submit_refuse_resources_the_jobs_could_not_use(tmp_path, tiny_grid, argv, message):
+    """What a job would find out only after waiting in the queue is refused by `grid plan` and `grid submit`."""
+    path, args = tiny_grid()
+    for command in ("plan", "submit"):
+        code, out, err = cli(command, path, *args, "--cluster", "slurm", *argv)
+        assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (command, out, err)
+        assert not (tmp_path / "runs").exists()  # nothing registered, frozen or queued
+
+
+def test_plan_says_when_a_job_requeues_and_how_often(tmp_path, tiny_grid):
+    path, args = tiny_grid()
+    code, out, err = cli("plan", path, *args, "--cluster", "slurm", "--time", "2", "--max-requeues", "3")
+    assert code == 0 and "requeue: 90 s before its 2 min limit a job checkpoints and requeues itself, at most 3 times" in out, out + err
+    code, out, err = cli("plan", path, *args, "--cluster", "local", "--time", "1", "--max-requeues", "9")
+    assert code == 0 and "requeue: 30 s before its 1 min limit" in out and "at most 5 times" in out, out + err
+
+
+def test_slurm_jobs_get_the_signal_lead_and_the_requeue_limit_asked_for(tmp_path, monkeypatch):
+    """What the SLURM executor is told (no cluster needed): the sbatch script's signal and submitit's cap."""
+    import submitit
+
+    from slurm.dispatch import Resources, make_executor, requeue_limit
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))
+    ex = make_executor("slurm", tmp_path / "logs", Resources(time=5, max_requeues=3))._executor
+    assert ex.max_num_timeout == 3
+    script = ex._make_submission_file_text("cmd", "uid")
+    assert "#SBATCH --signal=USR2@90" in script and "#SBATCH --time=5" in script
+    local = make_executor("local", tmp_path / "logs", Resources(time=5, max_requeues=30))._executor
+    assert local.max_num_timeout == requeue_limit("local", Resources(max_requeues=30)) == 5
+
+
+def test_the_job_refuses_a_world_size_with_the_words_plan_uses(tmp_path, data_cache):
+    """The same check (harness.config.check_world) inside the job: two local tasks, grad_accum 1, past the plan."""
+    from harness.config import check_world
+    from slurm.dispatch import Dispatcher, Resources, freeze_code
+
+    body = """
+        name = "w"
+        preset = "tiny"
+        [base]
+        variant.name = "identity"
+        train.steps = 2
+        train.threads = 1
+    """
+    grid, exp = registered(write(tmp_path, body), tmp_path / "runs", f"data.cache_dir={data_cache}")
+    with pytest.raises(UserError) as said:
+        check_world(grid.runs[0].cfg, 2)
+    d = Dispatcher(exp, "local", Resources(tasks_per_node=2), freeze_code(exp))
+    [out] = d.wait(d.submit(grid.runs))
+    assert out["status"] == "failed" and str(said.value) in out["error"], out
+    assert str(said.value) in json.loads((grid.runs[0].path / "status.json").read_text())["error"]
+    assert not (grid.runs[0].path / "metrics.parquet").exists()  # refused before training
+
+
 def test_core_imports_without_submitit_or_optuna():
     code = ("import sys, harness.cli, harness.train, slurm.cli, slurm.grid, slurm.experiment; "
             "bad = [m for m in ('submitit', 'optuna') if m in sys.modules]; assert not bad, bad")
@@ -389,6 +460,50 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_exactly(tmp_path, da
     a, b = metrics(clean.run_dir), metrics(run.path)
     assert b[b.split == "train"].step.tolist() == list(range(1, 61))  # none lost, none repeated
     assert a.loss.tolist() == b.loss.tolist()  # bitwise on CPU
+
+
+def test_a_time_out_past_the_requeue_limit_fails_the_run_and_says_why(tmp_path, data_cache):
+    """A local job with a 1-minute limit and no requeues left gets its warning signal: submitit
+    will not requeue it, so the run is failed (not left "stopped" for ever), the reason in its
+    status, in `grid status` and in the collected runs table; a resubmission resumes it."""
+    from slurm.dispatch import Dispatcher, Resources, freeze_code
+
+    body = """
+        name = "cap"
+        preset = "tiny"
+        [base]
+        variant.name = "identity"
+        train.steps = 5000
+        train.eval_every = 10
+        train.checkpoint_every = 0
+        train.threads = 1
+        train.diag_every = 0
+    """
+    grid, exp = registered(write(tmp_path, body), tmp_path / "runs", f"data.cache_dir={data_cache}")
+    run = grid.runs[0]
+    d = Dispatcher(exp, "local", Resources(time=1, max_requeues=0), freeze_code(exp))
+    [h] = d.submit([run])
+    log = run.path / "train.log"
+    while not (log.exists() and "step 10/5000" in log.read_text()) and not h.done():
+        time.sleep(0.05)
+    if not h.done():  # else the time limit's own signal came first (30 s in): the same path
+        [task] = _children(h.job._process.pid)
+        os.kill(task, signal.SIGUSR2)  # within 10 min of a 1 min limit: submitit counts it as a time-out
+    [out] = d.wait([h])
+    status = json.loads((run.path / "status.json").read_text())
+    step = status["step"]
+    assert out["status"] == status["status"] == "failed" and 10 <= step < 5000, (out, status)
+    said = f"not requeued: timed-out too many times (max_requeues = 0); stopped at step {step}/5000 with a checkpoint"
+    assert status["error"].startswith(said) and out["error"] == status["error"]
+    assert (run.path / "checkpoint.pt").exists()  # resumable
+    code, text, _ = cli("status", exp.path)
+    assert code == 0 and "failed" in text and f"{step}/5000" in text and "not requeued: timed-out too many times" in text
+    cli("collect", exp.path)
+    row = pd.read_parquet(exp.path / "runs.parquet").iloc[0]
+    assert row.state == "failed" and row.error == status["error"]
+    from slurm.dispatch import plan_submission
+
+    assert plan_submission(exp, [run])[0] == [run]  # `grid submit` again would resume it
 
 
 def test_ddp_two_local_tasks_match_a_single_process_run(tmp_path, data_cache):

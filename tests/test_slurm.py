@@ -215,6 +215,40 @@ def test_requeued_run_resumes_to_the_uninterrupted_runs_exact_loss(cluster, tmp_
     assert json.loads((run.path / "status.json").read_text())["val_loss"] == clean.val_loss
 
 
+def test_a_job_out_of_requeues_fails_its_run_with_the_reason(cluster, tmp_path, data_cache):
+    """--max-requeues 0: SLURM's warning signal within 10 min of a 10 min limit is a time-out
+    submitit will not requeue: the job ends FAILED and the run says why (it used to stay "stopped")."""
+    body = """
+        name = "cap"
+        preset = "tiny"
+        [base]
+        variant.name = "identity"
+        train.steps = 3000
+        train.eval_every = 2
+        train.checkpoint_every = 0
+        train.threads = 1
+        train.diag_every = 0
+        [slurm]
+        time = 10
+        cpus_per_task = 1
+        max_requeues = 0
+    """
+    code, out, run = submit_one(tmp_path, body, data_cache, "--cluster", "slurm")
+    assert code == 0, out
+    job = re.search(r"as SLURM job array (\d+)", out).group(1)
+    log = run.path / "train.log"
+    wait_for(lambda: re.search(r"step (\d\d+)/3000", _text(log)), 120, "step 10")
+    sh("scancel", "--signal=USR2", job)  # what SLURM sends 90 s before the time limit
+    wait_for(lambda: not active_jobs([job]), 120, "the job to end", every=0.5)
+    status = json.loads((run.path / "status.json").read_text())
+    assert status["status"] == "failed", (status, job_logs(run.path.parent))
+    assert status["error"].startswith(f"not requeued: timed-out too many times (max_requeues = 0); stopped at step {status['step']}/3000")
+    assert "Requeued job" not in job_logs(run.path.parent, lines=200)
+    wait_for(lambda: "FAILED" in sh("sacct", "-n", "-X", "-P", "-o", "State", "-j", job), 30, "sacct to say FAILED", every=0.5)
+    code, text, _ = cli("status", run.path.parent)
+    assert code == 0 and "failed" in text and "FAILED" in text and "not requeued: timed-out too many times" in text
+
+
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_task_job_trains_data_parallel_and_matches_a_single_process_run(cluster, tmp_path, data_cache, parallel):
     """DDP replicates, FSDP shards (tests/test_fsdp.py has its checkpoint and resume checks)."""
