@@ -224,7 +224,7 @@ def cmd_sweep(args) -> int:
         export_best(args.file, storage=args.storage, load_kwargs=_load_kwargs(args), output=args.output)
         return 0
     grid = _load(args)
-    sweep(args.file, cluster=args.cluster, res=_resources(args, grid), trials=args.trials, parallel=args.trial_parallel,
+    sweep(args.file, cluster=args.cluster, res=_resources(args, grid, runs=[]), trials=args.trials, parallel=args.trial_parallel,
           storage=args.storage, load_kwargs=_load_kwargs(args), output=args.output)
     return 0
 

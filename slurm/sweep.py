@@ -29,7 +29,13 @@ step)`); every run of the trial asks the pruner (median by default, warm-up: the
 of training) and stops at a pruned validation, checkpointed; the trial is told PRUNED. A trial
 with a failed or diverged run is told FAIL, the error kept as its user attribute "error".
 Killing `sweep` loses nothing: rerun it and trials left running are picked up (their finished
-runs reused, their live jobs followed), then the studies continue.
+runs reused, their live jobs followed, values not yet drawn drawn now), then the studies
+continue. The sampler is seeded per trial (`trial_seed`), so a continued study proposes new
+points rather than replaying its seed's stream from the start.
+
+Resources are checked as `grid submit` checks them (slurm/dispatch.py `check_request`): for the
+whole sweep up front unless a tuned value bears on the check (a train.* or model.* key), and for
+every trial's runs before they are submitted; a trial they cannot train is told FAIL, no job queued.
 
 `sweep best` (also the end of every `sweep`) writes best.json and best.toml: the grid with each
 arm's best parameters fixed in it (and [tune] dropped), so `grid submit best.toml` compares the
@@ -192,8 +198,8 @@ def _settings(grid, trials: int | None, parallel: int | None) -> dict:
     if sampler not in samplers:
         raise UserError(f"{where}: [tune] sampler {sampler!r}{did_you_mean(str(sampler), samplers)}; choose from {', '.join(samplers)}")
     seed = spec.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"{where}: [tune] seed = {seed!r} must be an integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"{where}: [tune] seed = {seed!r} must be a non-negative integer")
     return {"space": space, "trials": trials, "parallel": parallel, "metric": metric, "direction": direction,
             "sampler": samplers[sampler], "seed": seed, "pruner": pruner_spec(spec.get("pruner", "median"), grid, where)}
 
@@ -211,6 +217,19 @@ def _study_arms(grid) -> list[str]:
     return arms
 
 
+def trial_seed(seed: int, arm: int, number: int) -> int:
+    """The sampler's seed for one trial: a function of the [tune] seed, the arm and the trial's number.
+
+    A sampler seeded once per `sweep` command would restart its random stream on every rerun
+    and propose the points of the trials it already ran; seeded per trial, a study continued
+    over several commands draws exactly what one uninterrupted command would have drawn
+    (given the same finished trials), and never re-draws an earlier trial's point by replay.
+    """
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, arm, number]).generate_state(1)[0])
+
+
 def _fmt_values(values: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
@@ -222,21 +241,27 @@ def sweep(grid_path, *, cluster: str, res, trials: int | None = None, parallel: 
     import optuna
     from optuna.trial import TrialState
 
-    from slurm.dispatch import Dispatcher, freeze_code, plan_submission
+    from slurm.dispatch import Dispatcher, check_request, freeze_code, plan_submission
 
     load_kwargs = dict(load_kwargs or {})
     grid = load_grid(grid_path, **load_kwargs)
     s = _settings(grid, trials, parallel)
     arms = _study_arms(grid)
+    if not any(k.split(".")[0] in ("train", "model") for k in s["space"]):  # else each trial's runs are checked
+        check_request(grid.runs, res, cluster)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     exp = Experiment(grid.exp_dir)
     exp.register(grid, runs=[])
     url = storage_url(storage, exp.path)
     store = open_storage(url)
     studies = {arm: optuna.create_study(study_name=study_name(grid, arm), storage=store, direction=s["direction"],
-                                        sampler=s["sampler"](seed=s["seed"] + i), pruner=make_pruner(s["pruner"]),
-                                        load_if_exists=True)
-               for i, arm in enumerate(arms)}
+                                        pruner=make_pruner(s["pruner"]), load_if_exists=True)
+               for arm in arms}
+
+    def seeded(arm: str, number: int):
+        """The arm's study with its sampler seeded for trial `number` (see trial_seed)."""
+        studies[arm].sampler = s["sampler"](seed=trial_seed(s["seed"], arms.index(arm), number))
+        return studies[arm]
     code = freeze_code(exp) if cluster != "debug" else None
     dispatcher = Dispatcher(exp, cluster, res, code)
     counts = {arm: sum(1 for r in grid.runs if r.arm == arm) for arm in arms}
@@ -244,11 +269,21 @@ def sweep(grid_path, *, cluster: str, res, trials: int | None = None, parallel: 
     print(f"sweep {grid.name!r}: {len(arms)} stud{'y' if len(arms) == 1 else 'ies'} ({', '.join(arms)}) in {url}  "
           f"({s['metric']}, {s['direction']}; {per_arm} run(s) per trial; pruner {s['pruner']['name']})", file=out, flush=True)
 
-    def launch(arm: str, trial) -> tuple:
-        """Submit the arm's runs with the trial's values; each job carries what it needs to prune."""
-        values = trial.params if isinstance(trial, optuna.trial.FrozenTrial) else suggest(trial, s["space"])
+    def launch(arm: str, trial) -> tuple | None:
+        """Submit the arm's runs with the trial's values; each job carries what it needs to prune.
+
+        A trial left running by an interrupted sweep keeps the values it drew (any it had not yet
+        drawn are drawn now). A trial whose runs the resources cannot train fails without a job."""
+        values = suggest(trial, s["space"])
         g = load_grid(grid_path, extra=values, prefix=f"t{trial.number}", **load_kwargs)
         runs = [r for r in g.runs if r.arm == arm]
+        try:
+            check_request(runs, res, cluster)
+        except UserError as e:
+            studies[arm]._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
+            studies[arm].tell(trial.number, state=TrialState.FAIL)
+            print(f"{arm} trial {trial.number}: {_fmt_values(values)}  failed before submission: {e}", file=out, flush=True)
+            return None
         exp.register(g, runs=runs)
         todo, skipped = plan_submission(exp, runs)
         jobs = exp.last_jobs()
@@ -271,8 +306,11 @@ def sweep(grid_path, *, cluster: str, res, trials: int | None = None, parallel: 
     def finished(arm: str) -> int:
         return len(studies[arm].get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
 
-    in_flight = {(arm, t.number): launch(arm, t)  # left running by an earlier, interrupted sweep
-                 for arm in arms for t in studies[arm].get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    in_flight = {}
+    for arm in arms:  # trials left running by an earlier, interrupted sweep: their finished runs are reused
+        for t in studies[arm].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if (launched := launch(arm, optuna.trial.Trial(seeded(arm, t.number), t._trial_id))) is not None:
+                in_flight[(arm, t.number)] = launched
     poll_s = poll_s if poll_s is not None else (0.5 if cluster != "slurm" else 5.0)
 
     def wanted(arm: str) -> int:
@@ -284,8 +322,9 @@ def sweep(grid_path, *, cluster: str, res, trials: int | None = None, parallel: 
             if not open_arms:
                 break
             arm = max(open_arms, key=wanted)  # round-robin over the arms
-            trial = studies[arm].ask()
-            in_flight[(arm, trial.number)] = launch(arm, trial)
+            trial = seeded(arm, len(studies[arm].get_trials(deepcopy=False))).ask()  # the next trial's number
+            if (launched := launch(arm, trial)) is not None:
+                in_flight[(arm, trial.number)] = launched
         dispatcher.poll()
         for (arm, number), (trial_id, handles) in list(in_flight.items()):
             if not all(h.done() for h in handles):

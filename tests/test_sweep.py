@@ -131,3 +131,73 @@ def test_two_arms_with_one_label_are_refused(sweep_grid, tmp_path):
     code, _, err = sweep_cli("sweep", path, *args, "--cluster", "debug")
     assert code == 2 and "several arms labelled 'mhc'" in err and str(path) in err, err
     assert not (tmp_path / "runs" / "sw").exists()
+
+
+def test_a_resumed_sweep_proposes_only_new_points(sweep_grid, tmp_path):
+    """3, then 4, then 6 trials: each rerun draws new points (the sampler is not restarted from its seed)."""
+    path, args = sweep_grid(axes='variant = ["identity"]')
+    outs = []
+    for n in (3, 4, 6):
+        code, out, err = sweep_cli("sweep", path, *args, "--cluster", "debug", "--trials", n)
+        assert code == 0, out + err
+        outs.append(out)
+    ts = trials(str(tmp_path / "runs" / "sw" / "optuna.journal"), "sw/identity")
+    assert [t.number for t in ts] == list(range(6)) and all(t.state == TrialState.COMPLETE for t in ts)
+    lrs = [t.params["optim.lr"] for t in ts]
+    assert len(set(lrs)) == 6, lrs
+    assert all("reused" not in line or "(1 run(s) submitted, 0 reused)" in line
+               for out in outs for line in out.splitlines() if " trial " in line and "submitted" in line), outs
+
+
+def test_a_killed_sweep_loses_no_finished_trial(sweep_grid, tmp_path, monkeypatch):
+    """Killed after a trial's run finished but before the study was told; and a trial asked but not yet
+    drawn: the rerun tells the first its value without training again, and draws the second's values."""
+    path, args = sweep_grid(axes='variant = ["identity"]')
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(optuna.study.Study, "tell", killed)
+        code, _, err = sweep_cli("sweep", path, *args, "--cluster", "debug", "--trials", "2")
+        assert code == 130 and "interrupted" in err
+    journal = str(tmp_path / "runs" / "sw" / "optuna.journal")
+    from slurm.sweep import open_storage
+
+    optuna.load_study(study_name="sw/identity", storage=open_storage(journal)).ask()  # killed right after ask()
+    assert [t.state for t in trials(journal, "sw/identity")] == [TrialState.RUNNING, TrialState.RUNNING]
+    [run0] = (tmp_path / "runs" / "sw").glob("t0-*")
+    done = json.loads((run0 / "status.json").read_text())
+    assert done["status"] == "done"
+
+    code, out, err = sweep_cli("sweep", path, *args, "--cluster", "debug", "--trials", "2")
+    assert code == 0, out + err
+    assert "identity trial 0: " in out and "(0 run(s) submitted, 1 reused)" in out
+    t0, t1 = trials(journal, "sw/identity")
+    assert t0.state == t1.state == TrialState.COMPLETE and t0.value == done["val_loss"]
+    assert set(t1.params) == {"optim.lr"} and t1.params != t0.params
+    assert (run0 / "train.log").read_text().count("training ") == 1  # trained once, by the killed sweep
+    [run1] = (tmp_path / "runs" / "sw").glob("t1-*")
+    assert json.loads((run1 / "config.json").read_text())["optim"]["lr"] == t1.params["optim.lr"]
+
+
+def test_a_sweep_refuses_resources_its_runs_cannot_use_before_anything_is_queued(sweep_grid, tmp_path):
+    """The check `grid submit` makes: for the whole sweep when no tuned value bears on it, else per trial."""
+    path, args = sweep_grid(axes='variant = ["identity"]')
+    code, out, err = sweep_cli("sweep", path, *args, "--cluster", "debug", "--tasks-per-node", "2")
+    assert code == 2 and err.count("\n") == 1 and "run t0-identity" not in err, err
+    assert "run identity: train.grad_accum=1 is not a multiple of the job's 2 processes" in err
+    assert not (tmp_path / "runs" / "sw").exists()
+
+    text = path.read_text().replace('[tune.params]', '[tune.params]\n"train.grad_accum" = { choices = [1, 2] }')
+    path.write_text(text)
+    code, out, err = sweep_cli("sweep", path, *args, "--cluster", "debug", "--tasks-per-node", "2", "--trials", "4")
+    assert code == 0, out + err
+    ts = trials(str(tmp_path / "runs" / "sw" / "optuna.journal"), "sw/identity")
+    by_accum = {a: [t for t in ts if t.params["train.grad_accum"] == a] for a in (1, 2)}
+    assert by_accum[1] and by_accum[2], [t.params for t in ts]
+    for t in by_accum[1]:  # failed without a job or a run folder
+        assert t.state == TrialState.FAIL and "not a multiple of the job's 2 processes" in t.user_attrs["error"]
+        assert f"identity trial {t.number}: " in out and "failed before submission" in out
+        assert not list((tmp_path / "runs" / "sw").glob(f"t{t.number}-*"))
+    assert all(t.state == TrialState.COMPLETE for t in by_accum[2])
