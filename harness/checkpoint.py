@@ -33,8 +33,26 @@ def save_checkpoint(path: Path, *, step: int, tokens: int, model_state: dict, op
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "config": config,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        # through a Python file, not the path: torch's own file writer reports a full disk as a
+        # RuntimeError ("unexpected pos") that has lost the errno; a Python file raises OSError
+        try:
+            torch.save(state, f)
+        except RuntimeError as e:
+            if (cause := _write_error(e)) is None:
+                raise
+            raise cause from None  # torch's writer failed closing the zip after the write failed
+
+
+def _write_error(e: BaseException) -> OSError | None:
+    """The OSError (ENOSPC, EIO...) a torch error was raised while handling, if any."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

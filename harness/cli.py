@@ -9,8 +9,10 @@
     mhc-bench sweep FILE / sweep best FILE                      (Optuna per variant; best settings as a grid)
     mhc-bench eval / table / report / publish / bench / demo    (see README.md)
 
-A user error (bad preset, key, type, missing corpus, corrupt checkpoint) prints one line
-`mhc-bench: error: ...` and exits with status 2; a diverged run exits with status 3.
+A user error (bad preset, key, type, missing corpus, corrupt checkpoint) or a filesystem fault
+(full disk, read-only or forbidden folder) prints one line `mhc-bench: error: ...` and exits with
+status 2; a diverged run exits with status 3; a run stopped by Ctrl-C or SIGTERM (checkpointed,
+resumable) with 128 + the signal's number, as a shell reports a process a signal ended.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.errors import UserError
+from harness.errors import UserError, filesystem_fault, filesystem_fix
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 
@@ -52,10 +54,16 @@ def cmd_train(args) -> int:
     cfg = config_from_args(args)
     result = train(cfg, resume=args.resume)
     print(f"run folder:  {result.run_dir}")
-    print(f"metrics:     {result.run_dir / 'metrics.parquet'}")
-    print(f"checkpoint:  {result.run_dir / 'checkpoint.pt'}")
+    if (result.run_dir / "metrics.parquet").is_file():
+        print(f"metrics:     {result.run_dir / 'metrics.parquet'}")
+    if result.checkpoint_step is not None:
+        print(f"checkpoint:  {result.run_dir / 'checkpoint.pt'} (step {result.checkpoint_step})")
+    else:  # a run that diverged before its first checkpoint has none: never name a file that is not there
+        print("checkpoint:  none (the run has not written one)")
     print(f"status:      {result.status} at step {result.step}"
           + (f" (val loss {result.val_loss:.4f})" if result.val_loss is not None else ""))
+    if result.stopped_by:  # Ctrl-C or SIGTERM: stopped cleanly, but the caller should know it was asked to
+        return 128 + result.stopped_by
     return EXIT_DIVERGED if result.status == "diverged" else 0
 
 
@@ -179,6 +187,11 @@ def main(argv=None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"mhc-bench: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as e:  # a full disk, a read-only or forbidden folder: the user's to fix, not a bug
+        if (fault := filesystem_fault(e)) is None:
+            raise
+        print(f"mhc-bench: error: {fault}; {filesystem_fix(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("mhc-bench: interrupted", file=sys.stderr)

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from harness.atomic import make_dirs, remove_empty_dirs
 from harness.errors import UserError
 from harness.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
@@ -281,14 +282,30 @@ def open_shards(path) -> PreparedData:
 
 @contextmanager
 def _exclusive(lock_path: Path, log: Callable[[str], None]):
-    """Hold an exclusive flock: a job array preparing the same shards builds them once."""
-    with open(lock_path, "a") as f:
+    """Hold an exclusive flock: a job array preparing the same shards builds them once.
+
+    The lock file is deleted by its holder when done, so a refused build leaves nothing behind;
+    a process that was waiting on the deleted file finds it gone and locks the new one."""
+    while True:
+        f = open(lock_path, "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             log(f"data: waiting for another process to finish {lock_path.parent / lock_path.name[1:-5]}")
             fcntl.flock(f, fcntl.LOCK_EX)
-        yield  # closing the file releases the lock
+        try:
+            a, b = os.stat(lock_path), os.fstat(f.fileno())
+            current = (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        f.close()  # we waited on a file its holder has deleted: lock the one there now
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while still holding it
+        f.close()  # closing the file releases the lock
 
 
 def prepare(cfg, log: Callable[[str], None] = _stderr) -> PreparedData:
@@ -304,22 +321,26 @@ def prepare(cfg, log: Callable[[str], None] = _stderr) -> PreparedData:
     if (final / "meta.json").exists():
         return open_shards(final)
     parent = final.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(parent / f".{final.name}.lock", log):
-        if (final / "meta.json").exists():  # another process built it while we waited
-            return open_shards(final)
-        for stale in parent.glob(f".{final.name}.tmp-*"):  # left by a killed build; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        if final.exists():
-            shutil.rmtree(final)  # no meta.json: not a finished build
-        tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()  # not mkdtemp: its 0700 mode would hide a shared cache from the group
-        try:
-            meta = _build(cfg, corpus, files, tmp, log)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    made = make_dirs(parent)
+    try:
+        with _exclusive(parent / f".{final.name}.lock", log):
+            if (final / "meta.json").exists():  # another process built it while we waited
+                return open_shards(final)
+            for stale in parent.glob(f".{final.name}.tmp-*"):  # left by a killed build; we hold the lock
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():
+                shutil.rmtree(final)  # no meta.json: not a finished build
+            tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir()  # not mkdtemp: its 0700 mode would hide a shared cache from the group
+            try:
+                meta = _build(cfg, corpus, files, tmp, log)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+    except BaseException:
+        remove_empty_dirs(made)  # a refused corpus (not UTF-8, too few documents) leaves no folder
+        raise
     log(f"data: {meta['train_tokens']:,} train + {meta['val_tokens']:,} val tokens in {meta['build_seconds']:.0f} s -> {final}")
     return open_shards(final)
 

@@ -19,14 +19,15 @@ import json
 import math
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from harness.atomic import write_json, write_parquet
+from harness.atomic import make_dirs, remove_empty_dirs, write_json, write_parquet
 from harness.checkpoint import CHECKPOINT_NAME
-from harness.errors import UserError
+from harness.errors import UserError, filesystem_fault, filesystem_fix
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ("running", "done", "diverged", "failed", "stopped")
@@ -85,6 +86,15 @@ def environment(device) -> dict:
     return env
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path` (not deleted, nor replaced)."""
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class RunLockedError(UserError):
     """The run is being trained by another process (a grid job reports it, never retrains it)."""
 
@@ -104,6 +114,7 @@ class RunDir:
         self.checkpoint = self.path / CHECKPOINT_NAME
         self.metrics_path = self.path / "metrics.parquet"
         self._lock_fd = None
+        self._made: list[Path] = []  # folders acquire() created (see discard)
 
     # ------------------------------------------------------------------ reading
     @staticmethod
@@ -167,15 +178,41 @@ class RunDir:
 
     # ------------------------------------------------------------------ locking
     def acquire(self) -> None:
-        """Take the run's lock or fail: one process trains a run at a time."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the run's lock or fail: one process trains a run at a time.
+
+        The folders it creates are remembered: a run refused before its first step is taken
+        back by `discard`. A lock is only good while its file is still the run's .lock (a
+        discarded run's file is deleted under its lock), so that is checked once it is held."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunLockedError(f"run {self.path} is being trained by another process; wait for it or use another run.name") from None
+            self._made = make_dirs(self.path)
+            while True:
+                fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise RunLockedError(f"run {self.path} is being trained by another process; wait for it or use another run.name") from None
+                if _same_file(fd, self.path / ".lock"):
+                    break
+                os.close(fd)  # locked a file its holder deleted with the run: start over
+                self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if (fault := filesystem_fault(e)) is None:
+                raise
+            raise UserError(f"cannot open run {self.path} for training: {fault}; {filesystem_fix(e)} "
+                            "(run.runs_dir)") from None
         self._lock_fd = fd
+
+    def discard(self) -> bool:
+        """Delete the run folder if `acquire` created it (with the folders above it that it made
+        and that are still empty): for a run refused before its first step, which must leave
+        nothing behind. A folder that was already there is kept (False). Call it holding the lock."""
+        made, self._made = self._made, []
+        if not made or made[-1] != self.path:
+            return False
+        shutil.rmtree(self.path, ignore_errors=True)
+        remove_empty_dirs(made[:-1])
+        return True
 
     def release(self) -> None:
         if self._lock_fd is not None:

@@ -6,6 +6,10 @@ metrics row; validation rows every `eval_every` steps; a checkpoint every `check
 steps (metrics are flushed with it). `resume=True` continues from the checkpoint with exactly
 the same batches, learning rates and optimiser state, so an interrupted run reproduces an
 uninterrupted one bit for bit on CPU. A NaN/inf loss ends the run as `diverged`, not a crash.
+Ctrl-C or SIGTERM checkpoint at the next step boundary and end it as `stopped`; a full, read-only
+or forbidden disk ends it as `failed` with the reason, its last checkpoint whole (every file is
+written atomically); a run refused before its first step (too little text, a bad option) leaves
+no folder behind.
 
 A step never waits for the device: losses and gradient norms stay device tensors and are read
 to the host once every `log_every` steps (and before any validation, diagnostics, checkpoint or
@@ -17,7 +21,10 @@ exact step, before anything is checkpointed after it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import os
+import signal
 import sys
 import threading
 import time
@@ -31,7 +38,7 @@ from harness.atomic import write_json
 from harness.checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from harness.config import Config, check_world, from_dict
 from harness.diagnostics import DIAGNOSTICS_NAME, capped_summary, diagnostics_rows
-from harness.errors import UserError
+from harness.errors import UserError, filesystem_fault, filesystem_fix
 from harness.fsdp import full
 from harness.run_id import migrate_run_folder
 from harness.rundir import MetricsLog, RunDir, environment
@@ -44,16 +51,61 @@ class RunResult:
     step: int
     train_loss: float | None
     val_loss: float | None
+    checkpoint_step: int | None = None  # the step the run's checkpoint holds; None: it has none
+    stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it, when train() took it itself
 
 
-# Set by a pre-emption / time-limit signal handler (slurm/dispatch.py): the loop checkpoints and
-# returns "stopped" at the next step boundary, so a requeued job resumes with no step lost.
+# Set by a pre-emption / time-limit signal handler (slurm/dispatch.py), or by Ctrl-C / SIGTERM
+# (_stop_on_signals): the loop checkpoints and returns "stopped" at the next step boundary, so a
+# requeued job or a --resume continues with no step lost.
 _STOP = threading.Event()
+_stopped_by: int | None = None  # the signal _stop_on_signals took; None when someone else asked
 
 
 def request_stop() -> None:
     """Ask the running `train()` to checkpoint and stop after its current step (signal-safe)."""
     _STOP.set()
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Ctrl-C (SIGINT) and SIGTERM stop the run cleanly: checkpoint at the next step boundary,
+    status "stopped", resumable; rather than dying mid-step with the status left "running". A
+    second Ctrl-C interrupts at once (the steps since the last checkpoint are then lost).
+
+    Only signals nobody has claimed are taken: a grid job's (slurm/dispatch.py) own SIGTERM and
+    USR2 handlers stop the loop the same way and then requeue, and stay as they are."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handle(signum, frame):
+        global _stopped_by
+        if signum == signal.SIGINT and _STOP.is_set():
+            raise KeyboardInterrupt
+        _stopped_by = _stopped_by or signum
+        _STOP.set()
+        os.write(2, f"\n{signal.Signals(signum).name}: checkpointing and stopping at the next step boundary"
+                    f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}\n".encode())
+
+    previous = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:
+            previous[sig] = signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class _Position:
+    """How far a run got, for the status a failure or an interruption leaves behind."""
+
+    step: int = 0
+    checkpoint_step: int | None = None
+    started: bool = False  # status "running" was written: the run is more than a refused attempt
 
 
 # ---------------------------------------------------------------------- set-up helpers
@@ -146,6 +198,7 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     `on_validation(step, val_loss)`, if given, is called after each validation inside the loop;
     returning True checkpoints and stops the run there ("stopped", as train.stop_after does).
     """
+    global _stopped_by
     from variants.registry import build_variant
 
     cfg.validate()
@@ -154,13 +207,18 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     try:
         check_world(cfg, dist.world)  # what `grid plan`/`grid submit` checked for the resources asked
         return _train_run(cfg, resume, dist, on_validation)
+    except OSError as e:  # the data cache or the run folder could not be written at all
+        if (fault := filesystem_fault(e)) is None:
+            raise
+        raise UserError(f"{fault}; {filesystem_fix(e)} (run.runs_dir, data.cache_dir)") from None
     finally:
         dist.close()
         _STOP.clear()
+        _stopped_by = None
 
 
 def _train_run(cfg: Config, resume: bool, dist: distributed.Dist, on_validation=None) -> RunResult:
-    from harness.data import prepare
+    from harness.data import Batches, prepare
 
     dist.on_main(lambda: migrate_run_folder(cfg))  # a folder named by the run's legacy id (harness/run_id.py)
     run = RunDir(Path(cfg.run.runs_dir) / cfg.run_name(), writer=dist.is_main)
@@ -170,25 +228,79 @@ def _train_run(cfg: Config, resume: bool, dist: distributed.Dist, on_validation=
                         "pass --resume to continue or reuse it, or set run.name")
     if status and status["status"] == "done":
         print(f"run {run.path} is already done; nothing to train", file=sys.stderr)
-        return RunResult("done", run.path, status.get("step", cfg.train.steps), status.get("train_loss"), status.get("val_loss"))
-    data = prepare(cfg)  # a missing corpus fails here, before the run folder exists
+        return _done(run, status, cfg)
+    data = prepare(cfg)  # a missing or unreadable corpus fails here, before the run folder exists
+    batches = Batches(data, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed)  # so does too little text
     dist.on_main(run.acquire)  # rank 0 holds the lock; the other ranks share its answer
+    where = _Position()
     try:
         status = run.read_status()
         if status and status["status"] == "done":  # finished by another process while we waited
-            return RunResult("done", run.path, status.get("step", cfg.train.steps), status.get("train_loss"), status.get("val_loss"))
-        return _train(cfg, run, data, resume and run.checkpoint.exists(), dist, on_validation)
-    except UserError:
+            return _done(run, status, cfg)
+        with _stop_on_signals():
+            return _train(cfg, run, data, batches, resume and run.checkpoint.exists(), dist, where, on_validation)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one _stop_on_signals could not take
+        if not where.started and run.discard():
+            raise
+        if where.started:  # whatever the step was doing is lost; the checkpoint is whole
+            c = where.checkpoint_step
+            _record(run, "stopped", step=c or 0, steps=cfg.train.steps,
+                    reason=f"interrupted after step {where.step}; --resume continues from "
+                           + (f"the checkpoint at step {c}" if c is not None else "the start (no checkpoint yet)"))
         raise
     except Exception as e:
-        run.write_status("failed", error=f"{type(e).__name__}: {e}")
-        raise
+        fault = filesystem_fault(e)
+        if not where.started and (fault or isinstance(e, UserError)) and run.discard():
+            # refused before its first step, in a folder this call made: nothing is left behind
+            if fault:
+                raise UserError(f"cannot start run {run.path}: {fault}; {filesystem_fix(e)} (run.runs_dir)") from None
+            raise
+        if isinstance(e, UserError) and not where.started:
+            raise  # e.g. a resume refused for a changed config: the run stays as it was
+        unrecorded = _record(run, "failed", step=where.step, steps=cfg.train.steps, checkpoint_step=where.checkpoint_step,
+                             error=f"{type(e).__name__}: {fault or e}")
+        if fault:
+            raise UserError(_fault_message(run, where, e, fault, unrecorded)) from None
+        raise  # a bug: its traceback, and no second one from recording it
     finally:
         run.release()
 
 
-def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist, on_validation=None) -> RunResult:
-    from harness.data import Batches
+def _done(run: RunDir, status: dict, cfg: Config) -> RunResult:
+    step = status.get("step", cfg.train.steps)
+    return RunResult("done", run.path, step, status.get("train_loss"), status.get("val_loss"),
+                     checkpoint_step=step if run.checkpoint.exists() else None)
+
+
+def _record(run: RunDir, status: str, **fields) -> str | None:
+    """Write the run's status, never raising (the disk that failed the run may refuse this too):
+    None once written, else why it could not be."""
+    try:
+        run.write_status(status, **fields)
+    except OSError as e:
+        return f"{os.strerror(e.errno)} ({errno.errorcode[e.errno]})" if filesystem_fault(e) else f"{type(e).__name__}: {e}"
+    return None
+
+
+def _fault_message(run: RunDir, where: _Position, e: OSError, fault: str, unrecorded: str | None) -> str:
+    """The one line a run stopped by its storage ends with: what failed, what is intact, what to do."""
+    kept = (f"its checkpoint at step {where.checkpoint_step} is intact" if where.checkpoint_step is not None
+            else "it has no checkpoint yet")
+    if unrecorded is None:
+        status = "status.json says failed"
+    else:
+        try:
+            left = (run.read_status() or {}).get("status")
+        except OSError:
+            left = None
+        status = (f"status.json could not be updated either ({unrecorded})"
+                  + (f" and still says {left!r}" + (", which grid status shows as interrupted once this process has exited"
+                                                    if left == "running" else "") if left else ""))
+    return f"run {run.path} failed after step {where.step}: {fault}; {kept}; {filesystem_fix(e)}, then continue with --resume; {status}"
+
+
+def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distributed.Dist, where: _Position,
+           on_validation=None) -> RunResult:
     from harness.model import build_model
 
     t = cfg.train
@@ -198,7 +310,6 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
     autocast = autocast_context(device, t.dtype)
     torch.manual_seed(t.seed)
 
-    batches = Batches(data, cfg.model.seq_len, t.batch_size, t.seed)
     model = dist.place(build_model(cfg, data.tokenizer.vocab_size))  # on the device, or sharded over the ranks (FSDP)
     optimizer = make_optimizer(model, cfg)  # after sharding: it must hold the sharded parameters
     role_groups = model.parameter_groups()
@@ -209,6 +320,7 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
         dist.load_state(model, optimizer, state["model"], state["optimizer"])
         restore_rng(state)
         step, tokens = state["step"], state["tokens"]
+        where.step = where.checkpoint_step = step
     if dist.is_main:
         write_json(run.path / "config.json", cfg.to_dict())
         write_json(run.path / "env.json", environment(device) | {"vocab_size": model.vocab_size, "world_size": dist.world,
@@ -224,16 +336,17 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
             f"n={model.variant.n_streams}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {device}"
             + (f" x {dist.world} processes ({dist.parallel})" if dist.enabled else ""))
     run.write_status("running", step=step, steps=t.steps)
+    where.started = True
 
     def checkpoint():
         model_state, optim_state = dist.full_state(model, optimizer)  # gathers the shards under FSDP
-        if not dist.is_main:
-            return
-        metrics.flush()  # tables first: rows past the checkpoint step are dropped on resume
-        diagnostics.flush()
-        signals.write(run)
-        save_checkpoint(run.checkpoint, step=step, tokens=tokens, model_state=model_state,
-                        optimizer_state=optim_state, config=cfg.to_dict())
+        if dist.is_main:
+            metrics.flush()  # tables first: rows past the checkpoint step are dropped on resume
+            diagnostics.flush()
+            signals.write(run)
+            save_checkpoint(run.checkpoint, step=step, tokens=tokens, model_state=model_state,
+                            optimizer_state=optim_state, config=cfg.to_dict())
+        where.checkpoint_step = step
 
     def validate():
         val = evaluate(step_model, batches, cfg, device, autocast)
@@ -301,6 +414,7 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step, tokens = step + 1, tokens + tokens_per_step
+        where.step = step
         pending.append(_Pending(step, tokens, lr, loss_sum, torch.cat([grad_norm.reshape(1), group_norms]).double(),
                                 norm_names, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes()))
 
@@ -317,9 +431,12 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
                 metrics.flush()
                 diagnostics.flush()
                 signals.write(run)
-            run.write_status("diverged", step=bad_step, steps=t.steps, error=f"loss became {bad_loss} at step {bad_step}")
-            run.log(f"diverged: loss became {bad_loss} at step {bad_step}; last good checkpoint kept")
-            return RunResult("diverged", run.path, bad_step, bad_loss, None)
+            run.write_status("diverged", step=bad_step, steps=t.steps, error=f"loss became {bad_loss} at step {bad_step}",
+                             checkpoint_step=where.checkpoint_step)
+            kept = where.checkpoint_step
+            run.log(f"diverged: loss became {bad_loss} at step {bad_step}; "
+                    + (f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written before it"))
+            return RunResult("diverged", run.path, bad_step, bad_loss, None, checkpoint_step=kept)
         halt = False
         if due(t.eval_every) or step == t.steps:
             val = validate()
@@ -333,17 +450,24 @@ def _train(cfg: Config, run: RunDir, data, resume: bool, dist: distributed.Dist,
         preempted = dist.any(_STOP.is_set() or halt)  # all ranks stop at the same step
         if ((t.stop_after and step >= t.stop_after) or preempted) and step < t.steps:
             checkpoint()
-            run.write_status("stopped", step=step, steps=t.steps)
-            why = "on_validation" if halt else "pre-emption signal" if preempted else "train.stop_after"
+            signame = signal.Signals(_stopped_by).name if preempted and _stopped_by and not halt else None
+            if halt:
+                why = "on_validation"
+            elif preempted:
+                why = signame or "pre-emption signal"  # a signal train() took itself, or a grid job's
+            else:
+                why = "train.stop_after"
+            run.write_status("stopped", step=step, steps=t.steps, reason=why)
             run.log(f"stopped after step {step} ({why}); continue with --resume")
-            return RunResult("stopped", run.path, step, train_loss, None)
+            return RunResult("stopped", run.path, step, train_loss, None, checkpoint_step=step,
+                             stopped_by=_stopped_by if signame else None)
         t0 = time.perf_counter()  # the next interval's clock starts after validation and checkpoints
     if progress is not None:
         progress.close()
     val_loss = metrics.frame().query("split == 'val'")["loss"].iloc[-1]
     run.write_status("done", step=step, steps=t.steps, train_loss=train_loss, val_loss=float(val_loss))
     run.log(f"done: {run.path}  (train {train_loss:.4f}, val {val_loss:.4f})")
-    return RunResult("done", run.path, step, train_loss, float(val_loss))
+    return RunResult("done", run.path, step, train_loss, float(val_loss), checkpoint_step=where.checkpoint_step)
 
 
 @dataclass

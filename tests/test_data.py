@@ -201,7 +201,7 @@ def test_interrupted_build_leaves_nothing_reusable(tmp_path, monkeypatch):
         prepare(cfg, log=lambda m: None)
     target = data.shard_dir(cfg)
     assert not target.exists()
-    assert [p.name for p in target.parent.iterdir() if not p.name.endswith(".lock")] == []
+    assert not target.parent.exists()  # the cache folder the build made goes too, with its lock
     monkeypatch.setattr(data, "_write_tokens", real)
     calls = counting_build(monkeypatch)
     assert prepare(cfg, log=lambda m: None).dir == target and calls == [1]
