@@ -107,6 +107,21 @@ def master_port(job_id: str) -> int:
     return lo + zlib.crc32(str(job_id).encode()) % (hi - lo)
 
 
+def _record_refusal(run: RunDir, e: UserError) -> None:
+    """Say in the run's status why its job failed, unless train() already has.
+
+    train() records the faults it meets itself (a full disk mid-run: status failed with the step
+    and the intact checkpoint's step); overwriting that would lose them. A status that cannot be
+    written (a read-only disk) is left as it is: the job's exception still carries the reason."""
+    status = run.read_status() or {}
+    if status.get("status") == "failed" and status.get("error"):
+        return
+    try:
+        run.write_status("failed", error=f"UserError: {e}")
+    except OSError:
+        pass
+
+
 class RunJob(submitit.helpers.Checkpointable):
     """Train one grid run; requeued by submitit on time-out or pre-emption, resumed exactly."""
 
@@ -142,7 +157,7 @@ class RunJob(submitit.helpers.Checkpointable):
                     time.sleep(1.0)
                 except UserError as e:  # e.g. the corpus is missing on this node: record it, fail the job
                     if env.global_rank == 0:
-                        RunDir(Path(cfg.run.runs_dir) / cfg.run.name).write_status("failed", error=f"UserError: {e}")
+                        _record_refusal(RunDir(Path(cfg.run.runs_dir) / cfg.run.name), e)
                     raise
             # any other exception: train() has recorded status "failed" with the error; the job fails
             if result.status == "stopped" and stop.signum is not None:

@@ -568,3 +568,25 @@ def test_status_and_collect_show_the_latest_version_of_an_edited_grid(tmp_path, 
     md, files = make_table(exp, "table1", formats=("md", "csv"))
     assert pd.read_csv(files["csv"])["runs"].tolist() == [1]
     assert "Left out, runs of an earlier version of the grid (1): tiny-" in md
+
+
+def test_a_job_keeps_the_failure_train_recorded_and_survives_a_status_it_cannot_write(tmp_path, monkeypatch):
+    from harness.rundir import RunDir
+    from slurm.dispatch import _record_refusal
+
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    run.write_status("failed", error="OSError: no space left on device", step=7, checkpoint_step=5)
+    _record_refusal(run, UserError("disk full"))
+    assert run.read_status()["checkpoint_step"] == 5 and run.read_status()["error"].startswith("OSError")
+
+    fresh = RunDir(tmp_path / "s")
+    fresh.path.mkdir()
+    _record_refusal(fresh, UserError("corpus missing"))
+    assert fresh.read_status() == {**fresh.read_status(), "status": "failed", "error": "UserError: corpus missing"}
+
+    def read_only(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(RunDir, "write_status", read_only)
+    _record_refusal(RunDir(tmp_path / "t"), UserError("corpus missing"))  # no second exception
