@@ -7,6 +7,9 @@
     render.py    task YAMLs: lm-eval's built-ins `include:`d, datasets pointed at local files
     hooks.py     `!function` targets of those YAMLs (local file formats -> lm-eval's schema)
     runner.py    `mhc-bench eval`: simple_evaluate on each run -> evals.parquet + samples
+    taskset.py   the lm-eval tasks of one call, built once for all its runs
+    cache.py     results per (checkpoint, task, limit, shots, ...): reruns score nothing twice
+    quiet.py     lm-eval's and the datasets' output -> the run's eval.log, not the console
     results.py   lm-eval's results dict -> tidy, typed rows
     paper.py     the paper's published numbers (Tables 1 and 4)
     table.py     `mhc-bench table`: our runs beside the paper, as Markdown, LaTeX, CSV
