@@ -1,7 +1,11 @@
-"""Beyond our suites: any lm-eval task found locally runs through `mhc-bench eval`, and an
-unknown name is one error with suggestions."""
+"""Beyond our suites: any lm-eval task found locally runs through `mhc-bench eval`, an unknown
+name is one error with suggestions, and lm-eval's own CLI loads a run (`lm_eval --model
+mhc-bench`) through the start-up hook `mhc-bench lm-eval-model install` writes."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +14,7 @@ pytest.importorskip("lm_eval")
 
 from harness.cli import main  # noqa: E402
 from harness.errors import UserError  # noqa: E402
-from harness.eval.render import default_data_dir  # noqa: E402
+from harness.eval.render import default_data_dir, render_tasks  # noqa: E402
 from harness.eval.runner import evaluate, resolve_tasks  # noqa: E402
 from harness.eval.suites import parse_tasks  # noqa: E402
 from tests.eval_helpers import copy_run, train_tiny  # noqa: E402
@@ -70,3 +74,35 @@ def test_an_unknown_task_is_one_error_with_suggestions(trained, tmp_path, capsys
     with pytest.raises(UserError, match="not a folder"):
         evaluate(run, "my_sums", include_path=[str(tmp_path / "nowhere")])
 
+
+@pytest.mark.slow
+def test_lm_eval_cli_scores_a_run_once_the_hook_is_installed(trained, tmp_path):
+    """The real `lm_eval` console script, run as a user would, with the hook installed in a site
+    folder the interpreter reads at start-up (a sitecustomize adds it: this test must not write
+    into the environment's own site-packages)."""
+    from harness.eval.lm_eval_plugin import PTH_NAME
+
+    script = Path(sys.executable).parent / "lm_eval"
+    if not script.is_file():
+        pytest.skip("no lm_eval console script beside this interpreter")
+    run = copy_run(trained, tmp_path / "exp")
+    render_tasks(parse_tasks("mmlu"), run / "eval" / "tasks", data_dir=DATA, cache_dir=tmp_path / "hf")
+    site, boot = tmp_path / "site", tmp_path / "boot"
+    assert main(["lm-eval-model", "install", "--site-dir", str(site)]) == 0
+    assert (site / PTH_NAME).is_file()
+    boot.mkdir()
+    (boot / "sitecustomize.py").write_text(f"import site\nsite.addsitedir({str(site)!r})\n")
+    command = [str(script), "--model", "mhc-bench", "--model_args", f"run={run}", "--include_path",
+               str(run / "eval" / "tasks"), "--tasks", "mhc_mmlu_abstract_algebra", "--limit", "1", "--device", "cpu"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+
+    def lm_eval(pythonpath: str):
+        return subprocess.run(command, env={**env, "PYTHONPATH": pythonpath}, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    out = lm_eval(f"{boot}{os.pathsep}{ROOT}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if "abstract_algebra" in line]
+    assert len(table) == 1 and "|acc" in table[0], out.stdout
+    without = lm_eval(str(ROOT))  # the same command without the hook: lm-eval does not know the model
+    assert without.returncode != 0 and "no model for this name found" in without.stderr

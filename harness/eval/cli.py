@@ -4,6 +4,7 @@
                    [--include-path DIR] [--limit N] [--num-fewshot K] [--data-dir PATH]
                    [--device auto|cpu|cuda] [--batch-size B] [--max-gen-toks T] [--progress auto|on|off]
     mhc-bench table EXPERIMENT [--layout table4|table1] [--out DIR] [--format md,tex,csv]
+    mhc-bench lm-eval-model install|remove [--site-dir DIR]   (`lm_eval --model mhc-bench`)
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ def cmd_eval(args) -> int:
     evaluate(args.target, args.tasks, limit=args.limit, num_fewshot=args.num_fewshot, data_dir=args.data_dir,
              batch_size=args.batch_size, device=args.device, max_gen_toks=args.max_gen_toks,
              bootstrap_iters=args.bootstrap_iters, progress=progress, include_path=args.include_path)
+    return 0
+
+
+def cmd_lm_eval_model(args) -> int:
+    from harness.eval.lm_eval_plugin import install, remove
+
+    if args.action == "install":
+        print(f"lm_eval --model mhc-bench: start-up hook {install(args.site_dir)}")
+    else:
+        path = remove(args.site_dir)
+        print(f"removed {path}" if path else "no start-up hook was installed")
     return 0
 
 
@@ -100,3 +112,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="folder for <layout>.md/.tex/.csv (default: the experiment folder)")
     p.add_argument("--format", default="md,tex,csv", help="files to write: a subset of md,tex,csv (default: all three)")
     p.set_defaults(func=cmd_table)
+
+    p = subparsers.add_parser(
+        "lm-eval-model", help="install the start-up hook that lets lm-eval's own CLI load runs (lm_eval --model mhc-bench)",
+        description="lm-eval's CLI knows only models registered before it runs and has no plugin mechanism. "
+                    "`install` writes a one-line .pth start-up hook into site-packages (make does this) that "
+                    "registers `mhc-bench` when lm-eval loads its registry; then: lm_eval --model mhc-bench "
+                    "--model_args run=RUN_DIR --include_path RUN_DIR/eval/tasks --tasks mhc_gsm8k ...")
+    p.add_argument("action", choices=("install", "remove"))
+    p.add_argument("--site-dir", help="where to write it (default: this interpreter's site-packages)")
+    p.set_defaults(func=cmd_lm_eval_model)
