@@ -96,6 +96,8 @@ def test_an_experiment_builds_each_task_once_for_all_its_runs(trained, tmp_path,
     assert len(downloads) == 1 + 57 and len(set(downloads)) == len(downloads)  # once each, not once per run
     gathered = pd.read_parquet(exp / "evals.parquet")
     assert set(gathered["run"]) == {"run-a", "run-b"}
+    hashes = gathered.pivot_table(index=["task", "subtask"], columns="run", values="task_hash", aggfunc="first")
+    assert (hashes["run-a"] == hashes["run-b"]).all()  # reused tasks: the very same documents and prompts
 
     # a later call (a new process, say) finds the datasets prepared in the experiment's cache
     copy_run(trained, exp, "run-c")

@@ -6,7 +6,11 @@ Scoring is the expensive part of `mhc-bench eval`, and its result is a pure func
 - the task's definition (the rendered task YAMLs, which name the data files, prompts and
   lm-eval's built-in task they include; or the name of an lm-eval task of the user's),
 - `--limit`, `--num-fewshot`, `--max-gen-toks`, `--bootstrap-iters`, the device type and the
-  lm-eval version.
+  lm-eval version,
+- our evaluation code (the source of the adapter, decoding, the task hooks and the row
+  format: a fix there must not be hidden by old numbers). The model's own code is not in
+  it: the checkpoint names the model, and a checkpoint that no longer fits its code fails to
+  load rather than scoring differently.
 
 Each suite's rows are stored under a hash of exactly those values, as
 `<run>/eval/cache/<task>-<hash>.parquet`; anything else that changes (another limit, other
@@ -50,6 +54,17 @@ def checkpoint_digest(checkpoint: Path, cache_dir: Path) -> str:
     digest = h.hexdigest()
     write_json(memo_path, {"path": str(checkpoint), "stamp": stamp, "sha256": digest})
     return digest
+
+
+SCORING_CODE = ("adapter.py", "decode.py", "hooks.py", "results.py")  # beside this file
+
+
+def code_version() -> str:
+    """Hash of the evaluation code that turns a checkpoint into rows."""
+    h = hashlib.sha256()
+    for name in SCORING_CODE:
+        h.update((Path(__file__).parent / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def key(**fields) -> str:

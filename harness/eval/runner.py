@@ -150,11 +150,12 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
         from harness.checkpoint import CHECKPOINT_NAME
 
         digest = cache.checkpoint_digest(run_dir / CHECKPOINT_NAME, cache_dir)
+        code = cache.code_version()
         for s in suites:
             keys[s.key] = cache.key(checkpoint=digest, task=s.key, definition=definitions[s.key], limit=limit,
                                     num_fewshot=num_fewshot, max_gen_toks=max_gen_toks,
                                     bootstrap_iters=bootstrap_iters, device=resolve_device(device).type,
-                                    lm_eval=lm_eval_version)
+                                    lm_eval=lm_eval_version, code=code)
             hit = cache.read(cache_dir, s.key, keys[s.key])
             if hit is not None:
                 hit["run"], hit["run_dir"] = run_dir.name, str(run_dir)
