@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -92,17 +93,20 @@ def test_lm_eval_cli_scores_a_run_once_the_hook_is_installed(trained, tmp_path):
     assert (site / PTH_NAME).is_file()
     boot.mkdir()
     (boot / "sitecustomize.py").write_text(f"import site\nsite.addsitedir({str(site)!r})\n")
-    command = [str(script), "--model", "mhc-bench", "--model_args", f"run={run}", "--include_path",
-               str(run / "eval" / "tasks"), "--tasks", "mhc_mmlu_abstract_algebra", "--limit", "1", "--device", "cpu"]
+    args = ["--model", "mhc-bench", "--model_args", f"run={run}", "--include_path", str(run / "eval" / "tasks"),
+            "--tasks", "mhc_mmlu_abstract_algebra", "--limit", "1", "--device", "cpu"]
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 
-    def lm_eval(pythonpath: str):
-        return subprocess.run(command, env={**env, "PYTHONPATH": pythonpath}, cwd=tmp_path, capture_output=True,
+    def run_cli(command, pythonpath: str):
+        return subprocess.run(command + args, env={**env, "PYTHONPATH": pythonpath}, cwd=tmp_path, capture_output=True,
                               text=True, timeout=600)
 
-    out = lm_eval(f"{boot}{os.pathsep}{ROOT}")
+    out = run_cli([str(script)], f"{boot}{os.pathsep}{ROOT}")  # as a user runs it
     assert out.returncode == 0, out.stderr[-3000:]
     table = [line for line in out.stdout.splitlines() if "abstract_algebra" in line]
     assert len(table) == 1 and "|acc" in table[0], out.stdout
-    without = lm_eval(str(ROOT))  # the same command without the hook: lm-eval does not know the model
-    assert without.returncode != 0 and "no model for this name found" in without.stderr
+    # the same without any start-up hook (-S: no site-packages .pth, no sitecustomize; where
+    # make installed the hook, that is the only way to leave it out): lm-eval lacks the model
+    purelib = sysconfig.get_paths()["purelib"]
+    without = run_cli([sys.executable, "-S", str(script)], f"{ROOT}{os.pathsep}{purelib}")
+    assert without.returncode != 0 and "no model for this name found" in without.stderr, without.stderr[-2000:]
