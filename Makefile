@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,peers]'
+	$(BIN)/mhc-bench lm-eval-model install  # lets `lm_eval --model mhc-bench` find our model
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -4,8 +4,9 @@
     -> throughput comparison -> tables, figures and the report
 
 Each stage is the same command a user would type, so the demo is also a tour. Re-running
-reuses finished work: the grid skips runs that are done, evaluation skips runs whose
-evals.parquet already has the demo's tasks, and the benchmark table is kept once written.
+reuses finished work: the grid skips runs that are done, evaluation reuses the results cached
+for each run's checkpoint and the demo's settings, and the benchmark table is kept once written.
+All runs are evaluated by one `eval` command, so each task's data is built once, not per run.
 """
 
 from __future__ import annotations
@@ -29,17 +30,7 @@ def _done(t0: float) -> None:
     print(f"    ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
-def _evaluated(run_dir: Path, tasks: list[str]) -> bool:
-    """Whether the run already has rows for every demo task (re-running the demo reuses them)."""
-    from harness.rundir import RunDir
-
-    evals = RunDir(run_dir, writer=False).read_table("evals", columns=["task"])
-    return evals is not None and all(t in set(evals["task"]) for t in tasks)
-
-
 def run_demo(args) -> int:
-    from harness.eval.suites import parse_tasks
-
     main = args.cli  # harness/cli.main: every stage is the command a user would type
 
     runs_dir = args.runs_dir
@@ -56,18 +47,13 @@ def run_demo(args) -> int:
     _done(t0)
 
     t0 = _stage(f"2/5 evaluating every run with lm-eval ({DEMO_TASKS}, --limit {args.limit})")
-    tasks = [s.key for s in parse_tasks(DEMO_TASKS)]
     run_dirs = sorted(p for p in exp.iterdir() if (p / "checkpoint.pt").is_file())
     if not run_dirs:
         raise UserError(f"no trained runs in {exp}; see `mhc-bench grid status {exp}`")
-    for run_dir in run_dirs:
-        if _evaluated(run_dir, tasks):
-            print(f"    {run_dir.name}: already evaluated")
-            continue
-        code = main(["eval", str(run_dir), "--tasks", DEMO_TASKS, "--limit", str(args.limit), "--max-gen-toks",
-                     str(args.max_gen_toks), "--device", "cpu", "--progress", "off"])
-        if code:
-            return code
+    code = main(["eval", *map(str, run_dirs), "--tasks", DEMO_TASKS, "--limit", str(args.limit), "--max-gen-toks",
+                 str(args.max_gen_toks), "--device", "cpu", "--progress", "auto"])
+    if code:
+        return code
     _done(t0)
 
     t0 = _stage("3/5 comparing training-step cost (bench model)")

@@ -105,7 +105,8 @@ def test_tiny_model_on_all_four_benchmarks_gives_complete_typed_rows(run_dir):
     lm_eval_files = [p.name for p in (run_dir / "eval" / "lm-eval").iterdir()]
     assert any(n.startswith("samples_mhc_gsm8k_") for n in lm_eval_files)
     assert any(n.startswith("results_") for n in lm_eval_files)
-    assert (run_dir / "eval" / "hf-cache").is_dir()
+    assert any((run_dir.parent / "eval-cache" / "hf-datasets").iterdir())  # the experiment's shared datasets cache
+    assert "datasets" in (run_dir / "eval" / "eval.log").read_text()  # the libraries' chatter, kept aside
 
 
 def test_experiment_folder_and_errors(run_dir, tmp_path):
@@ -135,7 +136,7 @@ def test_register_adds_eval_and_table_subcommands():
     parser = argparse.ArgumentParser(prog="mhc-bench")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "runs/x", "--tasks", "bbh,mmlu", "--limit", "3", "--num-fewshot", "0"])
-    assert (args.command, args.target, args.tasks, args.limit, args.num_fewshot) == ("eval", "runs/x", "bbh,mmlu", 3, 0)
+    assert (args.command, args.target, args.tasks, args.limit, args.num_fewshot) == ("eval", ["runs/x"], "bbh,mmlu", 3, 0)
     args = parser.parse_args(["table", "runs", "--layout", "table1"])
     assert (args.command, args.experiment, args.layout) == ("table", "runs", "table1")
     with pytest.raises(SystemExit):

@@ -16,6 +16,11 @@ Every context starts with the end-of-text token, as every training document did 
 part of a BOS token). Contexts longer than the model's window keep their last tokens (left
 truncation; the continuation is always kept whole); how often that happened is counted per
 task in `self.stats`, so the results can say so.
+
+In lm-eval's own CLI: `lm_eval --model mhc-bench --model_args run=RUN_DIR --include_path
+RUN_DIR/eval/tasks --tasks mhc_gsm8k ...` (the model is found through `lm_eval_plugin.py`).
+`mhc-bench eval` instead hands it a shared `progress_bar`, one per run, that every request
+type advances, in place of a bar per call.
 """
 
 from __future__ import annotations
@@ -47,21 +52,35 @@ def _positive_int(name: str, value) -> int:
     return out
 
 
+class _SharedBar:
+    """A call's view of the run's bar: advances it, leaves closing it to its owner."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def close(self) -> None:
+        pass
+
+
 @register_model("mhc-bench")
 class MhcBenchLM(TemplateLM):
     """`run_dir` (a trained run folder), or an already built `model` + `tokenizer` (tests)."""
 
     backend = "causal"
 
-    def __init__(self, run_dir: str | None = None, *, model=None, tokenizer=None, batch_size=16,
+    def __init__(self, run_dir: str | None = None, *, run: str | None = None, model=None, tokenizer=None, batch_size=16,
                  device: str | None = "auto", dtype: str = "auto", max_gen_toks=None,
-                 gen_cap=None, progress: bool = True, **unused):
+                 gen_cap=None, progress: bool = True, progress_bar=None, **unused):
         super().__init__()
         from harness.train import autocast_context
 
+        run_dir = run_dir or run
         if model is None:
             if run_dir is None:
-                raise UserError("the mhc-bench lm-eval model needs run_dir=<run folder>")
+                raise UserError("the mhc-bench lm-eval model needs run=<run folder> (--model_args run=RUN_DIR)")
             from harness.eval.loading import load_run
 
             loaded = load_run(Path(run_dir), device or "auto")
@@ -69,11 +88,14 @@ class MhcBenchLM(TemplateLM):
         else:
             self._device = next(model.parameters()).device
         self.model, self.tokenizer = model.eval(), tokenizer
+        if isinstance(batch_size, str) and batch_size.startswith("auto"):
+            batch_size = 16  # lm-eval's "auto": no search here, our default
         self.batch_size = _positive_int("batch_size", batch_size or 16)
         self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks) if max_gen_toks else DEFAULT_MAX_GEN_TOKS
         self.gen_cap = _positive_int("gen_cap", gen_cap) if gen_cap else None
         self.autocast = autocast_context(self._device, dtype)
         self.progress = progress
+        self.progress_bar = progress_bar
         self.stats: dict[str, dict[str, int]] = defaultdict(lambda: {"requests": 0, "truncated": 0})
 
     # ------------------------------------------------------------------ lm-eval's interface
@@ -108,6 +130,14 @@ class MhcBenchLM(TemplateLM):
         s = self.stats[task or "?"]
         s["requests"] += 1
         s["truncated"] += int(truncated)
+
+    def _bar(self, total: int, desc: str, disable_tqdm: bool):
+        """The shared per-run bar, grown by `total`, or a bar of this call's own."""
+        if self.progress_bar is None:
+            return tqdm(total=total, desc=desc, disable=disable_tqdm or not self.progress)
+        self.progress_bar.total = (self.progress_bar.total or 0) + total
+        self.progress_bar.refresh()
+        return _SharedBar(self.progress_bar)
 
     # ------------------------------------------------------------------ scoring
     def loglikelihood(self, requests, disable_tqdm: bool = False):
@@ -149,7 +179,7 @@ class MhcBenchLM(TemplateLM):
         W, vocab = self.max_length, self.tokenizer.vocab_size
         order = Collator(requests, sort_fn=lambda r: (-len(r[1]) - len(r[2]), tuple(r[1] + r[2])),
                          group_by="contexts", group_fn=lambda r: r[-2] + r[-1][:-1])
-        bar = tqdm(total=len(requests), desc=desc, disable=disable_tqdm or not self.progress)
+        bar = self._bar(len(requests), desc, disable_tqdm)
         results = []
         for chunk in order.get_batched(n=self.batch_size):
             inputs = [(ctx + cont)[-(W + 1):][:-1] for _, ctx, cont in chunk]
@@ -179,7 +209,7 @@ class MhcBenchLM(TemplateLM):
         order = Collator([(r.args[0], r.args[1], i) for i, r in enumerate(requests)],
                          sort_fn=lambda a: (-len(self.tok_encode(a[0])), a[0]),
                          group_by="gen_kwargs", group_fn=lambda a: a[1])
-        bar = tqdm(total=len(requests), desc="Generating", disable=disable_tqdm or not self.progress)
+        bar = self._bar(len(requests), "Generating", disable_tqdm)
         results = []
         for chunk in order.get_batched(n=self.batch_size):
             contexts, all_kwargs, ids = zip(*chunk)

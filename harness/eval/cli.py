@@ -1,9 +1,10 @@
 """The `eval` and `table` sub-commands; `register(subparsers)` adds them to mhc-bench's CLI.
 
-    mhc-bench eval RUN_DIR|EXPERIMENT [--tasks paper|all|ppl|bbh,drop,gsm8k,mmlu,wiki,wikitext2]
-                   [--limit N] [--num-fewshot K] [--data-dir PATH] [--device auto|cpu|cuda]
-                   [--batch-size B] [--max-gen-toks T] [--progress auto|on|off]
+    mhc-bench eval RUN_DIR|EXPERIMENT ... [--tasks paper|all|ppl|bbh,drop,gsm8k,mmlu,wiki,wikitext2|LM_EVAL_TASK]
+                   [--include-path DIR] [--limit N] [--num-fewshot K] [--data-dir PATH]
+                   [--device auto|cpu|cuda] [--batch-size B] [--max-gen-toks T] [--progress auto|on|off]
     mhc-bench table EXPERIMENT [--layout table4|table1] [--out DIR] [--format md,tex,csv]
+    mhc-bench lm-eval-model install|remove [--site-dir DIR]   (`lm_eval --model mhc-bench`)
 """
 
 from __future__ import annotations
@@ -41,7 +42,18 @@ def cmd_eval(args) -> int:
     progress = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty())
     evaluate(args.target, args.tasks, limit=args.limit, num_fewshot=args.num_fewshot, data_dir=args.data_dir,
              batch_size=args.batch_size, device=args.device, max_gen_toks=args.max_gen_toks,
-             bootstrap_iters=args.bootstrap_iters, progress=progress)
+             bootstrap_iters=args.bootstrap_iters, progress=progress, include_path=args.include_path)
+    return 0
+
+
+def cmd_lm_eval_model(args) -> int:
+    from harness.eval.lm_eval_plugin import install, remove
+
+    if args.action == "install":
+        print(f"lm_eval --model mhc-bench: start-up hook {install(args.site_dir)}")
+    else:
+        path = remove(args.site_dir)
+        print(f"removed {path}" if path else "no start-up hook was installed")
     return 0
 
 
@@ -64,13 +76,19 @@ def register(subparsers) -> None:
     """Add `eval` and `table` to the `mhc-bench` sub-command parser."""
     p = subparsers.add_parser(
         "eval", help="score run checkpoints with lm-eval (BBH, DROP, GSM8K, MMLU, held-out perplexity) into evals.parquet",
-        description="Evaluate a run folder, or every run folder of an experiment, with lm-evaluation-harness "
+        description="Evaluate run folders, or every run folder of experiments, with lm-evaluation-harness "
                     "on the local datasets (no network). Writes <run>/evals.parquet and lm-eval's own "
-                    "results and per-sample files under <run>/eval/lm-eval/.")
-    p.add_argument("target", metavar="RUN_DIR|EXPERIMENT", help="a run folder (config.json + checkpoint.pt) or a folder of them")
+                    "results and per-sample files under <run>/eval/lm-eval/; lm-eval's and the datasets' "
+                    "output goes to <run>/eval/eval.log. Results are cached per checkpoint, task, limit and "
+                    "shots: a rerun scores only what changed.")
+    p.add_argument("target", nargs="+", metavar="RUN_DIR|EXPERIMENT",
+                   help="run folders (config.json + checkpoint.pt) or folders of them; all are scored in one process")
     p.add_argument("--tasks", default="paper",
                    help="comma-separated: paper (= bbh,drop,gsm8k,mmlu), ppl (= wiki,wikitext2), all, "
-                        "or single tasks bbh, drop, gsm8k, mmlu, wiki, wikitext2 (default: paper)")
+                        "single tasks bbh, drop, gsm8k, mmlu, wiki, wikitext2, or any lm-eval task, group or tag "
+                        "found locally (its data must be on this machine) (default: paper)")
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR",
+                   help="a folder of your own lm-eval task YAMLs whose tasks --tasks may name (repeatable)")
     p.add_argument("--limit", type=_positive, help="score only the first N documents of each subtask (smoke tests)")
     p.add_argument("--num-fewshot", type=_nonnegative,
                    help="override the paper's few-shot counts (BBH 3, DROP 3, GSM8K 8, MMLU 5) for every benchmark")
@@ -94,3 +112,13 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="folder for <layout>.md/.tex/.csv (default: the experiment folder)")
     p.add_argument("--format", default="md,tex,csv", help="files to write: a subset of md,tex,csv (default: all three)")
     p.set_defaults(func=cmd_table)
+
+    p = subparsers.add_parser(
+        "lm-eval-model", help="install the start-up hook that lets lm-eval's own CLI load runs (lm_eval --model mhc-bench)",
+        description="lm-eval's CLI knows only models registered before it runs and has no plugin mechanism. "
+                    "`install` writes a one-line .pth start-up hook into site-packages (make does this) that "
+                    "registers `mhc-bench` when lm-eval loads its registry; then: lm_eval --model mhc-bench "
+                    "--model_args run=RUN_DIR --include_path RUN_DIR/eval/tasks --tasks mhc_gsm8k ...")
+    p.add_argument("action", choices=("install", "remove"))
+    p.add_argument("--site-dir", help="where to write it (default: this interpreter's site-packages)")
+    p.set_defaults(func=cmd_lm_eval_model)

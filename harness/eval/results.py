@@ -68,17 +68,37 @@ def _float(x) -> float:
     return out
 
 
-def rows_from_results(results: dict, samples: dict, stats: dict, meta: dict) -> list[dict]:
+def external_locator(owners: dict, group_subtasks: dict) -> dict:
+    """lm-eval name -> (suite, subtask, level) for external suites: `owners` maps each object
+    lm-eval built for a suite (its task or group, or each task of a tag) to the suite; their
+    members below (group_subtasks) are groups or subtasks, named as lm-eval names them."""
+    found = {}
+
+    def walk(name, suite):
+        kids = group_subtasks.get(name) or []
+        level = "task" if name == suite.lm_eval_name else ("group" if kids else "subtask")
+        found.setdefault(name, (suite, "" if level == "task" else name, level))
+        for kid in kids:
+            walk(kid, suite)
+
+    for name, suite in owners.items():
+        walk(name, suite)
+    return found
+
+
+def rows_from_results(results: dict, samples: dict, stats: dict, meta: dict, owners: dict | None = None) -> list[dict]:
     """One row per metric and filter of every task and group of our suites in `results`.
 
     `stats` is the adapter's per-task request/truncation count; `meta` holds the run's
-    columns (run, preset, variant, ..., limit, device, evaluated_at).
+    columns (run, preset, variant, ..., limit, device, evaluated_at); `owners` maps the
+    lm-eval objects of external suites to their suite (see external_locator).
     """
     hashes = task_hashes(samples)
     groups = results.get("group_subtasks", {})
+    external = external_locator(owners or {}, groups)
     rows = []
     for name, res in results["results"].items():
-        found = locate(name)
+        found = external.get(name) or locate(name)
         if found is None:
             continue
         suite, subtask, level = found

@@ -3,13 +3,18 @@
 A suite is one benchmark as the paper reports it: a lm-eval task or group defined by the
 YAMLs `render.py` writes, the paper's few-shot count, the headline metric the tables use,
 and the caveats the output must state (they are written into every row's `notes`).
+
+Any other name is an lm-eval task, group or tag the user has locally (lm-eval's own, or one
+under `--include-path`): it runs as lm-eval defines it, as an `external` suite whose rows
+carry its own metrics (our tables lay out only the paper's suites).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Collection
 
-from harness.errors import UserError, did_you_mean
+from harness.errors import UserError
 
 PREFIX = "mhc_"  # our lm-eval task names: mhc_bbh_<subtask>, mhc_mmlu_<subject>, mhc_gsm8k, ...
 
@@ -28,6 +33,13 @@ class Suite:
     scale: float  # tables show value * scale (percent for the benchmarks)
     note: str  # what a reader of the numbers must know (written into every row)
     caveat: str = ""  # the part `mhc-bench eval` prints beside the number
+    external: bool = False  # an lm-eval task of the user's, not one of ours
+
+
+def external_suite(name: str) -> Suite:
+    """An lm-eval task/group/tag by its own name, run exactly as lm-eval defines it."""
+    return Suite(name, name, name, 0, "", "", 1.0,
+                 f"lm-eval's task {name!r} as lm-eval defines it (its data, prompts, shots and metrics)", external=True)
 
 
 SUITES: dict[str, Suite] = {s.key: s for s in (
@@ -61,21 +73,46 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def parse_tasks(text: str) -> list[Suite]:
-    """'paper,wiki' -> the suites, in order, each once; unknown names are one clear error."""
+def parse_tasks(text: str, lm_eval_names: Callable[[], Collection[str]] | None = None) -> list[Suite]:
+    """'paper,wiki' -> the suites, in order, each once; unknown names are one clear error.
+
+    A name that is not ours is looked up among `lm_eval_names()` (the tasks, groups and tags
+    lm-eval finds locally; asked only when such a name occurs, since indexing them takes
+    seconds) and becomes an external suite; without it, or when lm-eval lacks it too, the error
+    suggests the closest names of both.
+    """
     keys: list[str] = []
-    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    external: dict[str, Suite] = {}
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
     if not names:
         raise UserError(f"--tasks is empty; choose from {', '.join([*ALIASES, *SUITES])}")
+    ours = [*ALIASES, *SUITES]
+    known: Collection[str] | None = None
     for name in names:
-        if name in ALIASES:
-            keys += ALIASES[name]
-        elif name in SUITES:
-            keys.append(name)
+        low = name.lower()
+        if low in ALIASES:
+            keys += ALIASES[low]
+        elif low in SUITES:
+            keys.append(low)
         else:
-            choices = [*ALIASES, *SUITES]
-            raise UserError(f"unknown task {name!r}{did_you_mean(name, choices)}; choose from {', '.join(choices)}")
-    return [SUITES[k] for k in dict.fromkeys(keys)]
+            if known is None and lm_eval_names is not None:
+                known = lm_eval_names()
+            if known is None or name not in known:
+                raise UserError(unknown_task(name, ours, known or ()))
+            external[name] = external_suite(name)
+            keys.append(name)
+    return [SUITES[k] if k in SUITES else external[k] for k in dict.fromkeys(keys)]
+
+
+def unknown_task(name: str, ours, theirs) -> str:
+    """The one-line error for a task name neither we nor lm-eval know, with the closest names."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(dict.fromkeys([*ours, *theirs])), n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    where = (f"mhc-bench's {', '.join(ours)}, or one of the {len(theirs)} lm-eval tasks found locally "
+             "(`lm_eval ls tasks`; your own YAMLs with --include-path)") if theirs else f"{', '.join(ours)}"
+    return f"unknown task {name!r}{hint}; choose from {where}"
 
 
 def locate(lm_eval_name: str) -> tuple[Suite, str, str] | None:
