@@ -23,7 +23,7 @@ from pathlib import Path
 from harness import signals
 from harness.atomic import write_text
 from harness.errors import UserError
-from harness.rundir import RunDir
+from harness.rundir import RunDir, experiment_dir
 
 SMALL_TABLE_BYTES = 4 * 1024 * 1024  # publish copies tables up to this size (results/ lives in git)
 
@@ -215,7 +215,7 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     from harness.eval.table import make_table
     from harness.rundir import now
 
-    experiment = _resolve(experiment, runs_dir)
+    experiment = experiment_dir(experiment, runs_dir)
     rows, per_run, runs, tables, left_out = load(experiment)
     out = experiment / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -331,15 +331,6 @@ def _axis_sections(doc, runs, out: Path) -> tuple[list, set | None]:
     return figures, focus_runs
 
 
-def _resolve(experiment, runs_dir: str) -> Path:
-    p = Path(experiment).expanduser()
-    if not p.is_dir() and (Path(runs_dir) / experiment).is_dir():
-        p = Path(runs_dir) / experiment
-    if not p.is_dir():
-        raise UserError(f"experiment folder not found: {experiment} (looked at {p.resolve()} and {Path(runs_dir).resolve() / str(experiment)})")
-    return p.resolve()
-
-
 def _write_final_step(src: Path, dest: Path) -> None:
     """The diagnostics of each run's last step only: what the report's per-layer figures draw."""
     import pandas as pd
@@ -355,7 +346,7 @@ def publish(experiment, runs_dir: str = "runs", results_dir: str = "results") ->
     A diagnostics table over SMALL_TABLE_BYTES (a deep grid's spans at every step) is published
     as diagnostics-final.parquet, each run's last step; other tables over it are left out, named.
     """
-    experiment = _resolve(experiment, runs_dir)
+    experiment = experiment_dir(experiment, runs_dir)
     report = experiment / "report"
     if not (report / "report.md").is_file():
         raise UserError(f"{experiment} has no report yet; run `mhc-bench report {experiment}` first")

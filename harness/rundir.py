@@ -95,6 +95,16 @@ def _same_file(fd: int, path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def experiment_dir(experiment, runs_dir="runs") -> Path:
+    """An experiment given as a folder or by its name under runs_dir, as every command takes it."""
+    p = Path(experiment).expanduser()
+    if not p.is_dir() and (Path(runs_dir) / experiment).is_dir():
+        p = Path(runs_dir) / experiment
+    if not p.is_dir():
+        raise UserError(f"experiment folder not found: {experiment} (looked at {p.resolve()} and {Path(runs_dir).resolve() / str(experiment)})")
+    return p.resolve()
+
+
 class RunLockedError(UserError):
     """The run is being trained by another process (a grid job reports it, never retrains it)."""
 

@@ -146,3 +146,13 @@ def test_rows_sort_numbers_as_numbers():
     labels = ["mHC (variant.sk_iters=20)", "mHC (variant.sk_iters=2)", "mHC (variant.sk_iters=10)",
               "mHC (variant.sk_iters=0)", "mHC (variant.sk_iters=5)", "mHC (variant.sk_iters=1.5)"]
     assert [l.split("=")[1][:-1] for l in sorted(labels, key=natural_key)] == ["0", "1.5", "2", "5", "10", "20"]
+
+
+def test_table_takes_an_experiment_by_name_like_report_and_grid_status(experiment, tmp_path, capsys):
+    from harness.cli import main
+
+    assert main(["table", experiment.name, "--runs-dir", str(experiment.parent), "--layout", "table1",
+                 "--out", str(tmp_path), "--format", "csv"]) == 0
+    assert (tmp_path / "table1.csv").is_file() and "Baseline" in capsys.readouterr().out
+    assert main(["table", "no-such-experiment", "--runs-dir", str(experiment.parent)]) == 2
+    assert "experiment folder not found: no-such-experiment" in capsys.readouterr().err

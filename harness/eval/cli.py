@@ -65,7 +65,7 @@ def cmd_table(args) -> int:
     bad = [f for f in formats if f not in ("md", "tex", "csv")]
     if bad or not formats:
         raise UserError(f"--format takes a comma-separated subset of md, tex, csv; got {args.format!r}")
-    text, written = make_table(args.experiment, args.layout, out_dir=args.out, formats=formats)
+    text, written = make_table(args.experiment, args.layout, out_dir=args.out, formats=formats, runs_dir=args.runs_dir)
     print(text, end="")
     for fmt, path in written.items():
         print(f"{fmt}: {path}", file=sys.stderr)
@@ -107,7 +107,8 @@ def register(subparsers) -> None:
         "table", help="the paper's Table 4 or Table 1 layout with an experiment's runs, as Markdown, LaTeX and CSV",
         description="Lay an experiment's runs out like the mHC paper's Table 4 (benchmarks) or Table 1 "
                     "(validation-loss gaps vs the identity baseline), with the published numbers beside ours.")
-    p.add_argument("experiment", metavar="EXPERIMENT", help="a folder of run folders (or one run folder)")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="a folder of run folders (or one run folder), or its name under --runs-dir")
+    p.add_argument("--runs-dir", default="runs", help="where experiments named by name live (default runs)")
     p.add_argument("--layout", choices=("table4", "table1"), default="table4", help="which paper table (default: table4)")
     p.add_argument("--out", help="folder for <layout>.md/.tex/.csv (default: the experiment folder)")
     p.add_argument("--format", default="md,tex,csv", help="files to write: a subset of md,tex,csv (default: all three)")

@@ -28,7 +28,7 @@ from harness.errors import UserError
 from harness.eval import paper
 from harness.eval.suites import ALIASES, SUITES
 from harness.run_id import EXECUTION_ONLY
-from harness.rundir import RunDir
+from harness.rundir import RunDir, experiment_dir
 
 LABELS = {"identity": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-lite": "mHC-lite", "kromhc": "KromHC",
           "frac": "Frac-Connections", "orthostochastic": "orthostochastic"}
@@ -100,12 +100,10 @@ def row_label(cfg: dict) -> str:
     return what if name == "hc" else f"{base}: {what}"
 
 
-def collect(experiment) -> list[Run]:
+def collect(experiment, runs_dir="runs") -> list[Run]:
     """Every run folder of an experiment (or the one run folder given), finished or not."""
 
-    experiment = Path(experiment).expanduser().resolve()
-    if not experiment.is_dir():
-        raise UserError(f"experiment folder not found: {experiment}")
+    experiment = experiment_dir(experiment, runs_dir)
     folders = [experiment] if RunDir.is_run(experiment) else sorted(p for p in experiment.iterdir() if RunDir.is_run(p))
     if not folders:
         raise UserError(f"{experiment} holds no run folders (sub-folders with config.json)")
@@ -118,12 +116,12 @@ def collect(experiment) -> list[Run]:
     return runs
 
 
-def finished_runs(experiment) -> tuple[list[Run], list[str]]:
+def finished_runs(experiment, runs_dir="runs") -> tuple[list[Run], list[str]]:
     """The runs that tables and reports compare, and a note on those left out (empty if none).
 
     A one-line error when no run of the experiment is finished.
     """
-    runs = collect(experiment)
+    runs = collect(experiment, runs_dir)
     note = []
     grid = _grid_folders(Path(experiment).expanduser().resolve())
     if grid is not None:  # a grid's experiment: the runs of its latest version, as `grid collect` takes
@@ -373,15 +371,17 @@ def _notes1(rows) -> list[str]:
             "± is a 95% CI over seeds when a row has several runs (the gap's ± adds the Baseline's in quadrature)."]
 
 
-def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", "tex", "csv")) -> tuple[str, dict[str, Path]]:
+def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", "tex", "csv"),
+               runs_dir="runs") -> tuple[str, dict[str, Path]]:
     """Render `layout` for the experiment; returns (the Markdown text, {format: file written})."""
     from harness.atomic import write_text
 
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    experiment = experiment_dir(experiment, runs_dir)
     runs, left_out = finished_runs(experiment)
     rows = group_rows(runs)
-    name = Path(experiment).expanduser().resolve().name
+    name = experiment.name
     if layout == "table4":
         if not any(run.evals is not None for run in runs):
             raise UserError(f"no evals.parquet in the runs of {experiment}; run `mhc-bench eval {experiment}` first")
@@ -394,7 +394,7 @@ def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", 
         title, notes = f"{name}: Table 1 layout (validation-loss gap vs Baseline)", _notes1(rows)
     notes = [*notes, *left_out]
     md = markdown(header, body, title, notes)
-    out_dir = Path(out_dir) if out_dir else Path(experiment).expanduser().resolve()
+    out_dir = Path(out_dir) if out_dir else experiment
     written = {}
     for fmt in formats:
         path = out_dir / f"{layout}.{fmt}"
