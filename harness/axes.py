@@ -37,18 +37,28 @@ def run_signals(runs) -> dict:
     return {r.path: signals.of_run(RunDir(r.path, writer=False)) for r in runs}
 
 
-def frame(runs, axis: str, computed: dict | None = None):
-    """One row per run: series, x (the axis value), seed, val_loss, state, and the signals summary
-    (`computed`: run_signals of these runs, if already at hand)."""
-    import pandas as pd
-
+def _series(runs, axis: str) -> tuple[dict, dict]:
+    """({run path: its series label}, {series label: its order}): runs grouped as if the axis were not set."""
     from harness.eval.table import group_rows
 
     section, name = axis.split(".")
     stripped = [dataclasses.replace(r, config={**r.config, section: {k: v for k, v in r.config[section].items() if k != name}})
                 for r in runs]
-    series = {run.path: row.label for row in group_rows(stripped) for run in row.runs}
-    order = {row.label: i for i, row in enumerate(group_rows(stripped))}
+    rows = group_rows(stripped)
+    return {run.path: row.label for row in rows for run in row.runs}, {row.label: i for i, row in enumerate(rows)}
+
+
+def series_labels(runs, axis: str) -> list[str]:
+    """The series of a sweep along `axis`, in the report's order (the figures' colour keys)."""
+    return list(_series(runs, axis)[1])
+
+
+def frame(runs, axis: str, computed: dict | None = None):
+    """One row per run: series, x (the axis value), seed, val_loss, state, and the signals summary
+    (`computed`: run_signals of these runs, if already at hand)."""
+    import pandas as pd
+
+    series, order = _series(runs, axis)
     computed = computed if computed is not None else run_signals(runs)
     rows = []
     for r in runs:

@@ -440,7 +440,12 @@ def summary(df) -> str:
     """A small text table: one line per configuration; then skipped cases and peer notes."""
     if df.empty:
         return "(no results)"
-    lines = timing_lines(df[df.metric != "skipped"])
+    return "\n".join(timing_lines(df[df.metric != "skipped"]) + summary_notes(df))
+
+
+def summary_notes(df) -> list[str]:
+    """What the timing table needs beside it: the act_* legend, skipped cases, each peer's differences."""
+    lines = []
     if "act_bytes_per_token" in set(df.metric):
         lines.append("act_*: bytes saved for backward per token, counted exactly (harness/activation_memory.py), without "
                      "and with train.recompute, and as a ratio to identity's; act_ratio_published: the HC paper's +26% for HC")
@@ -452,12 +457,11 @@ def summary(df) -> str:
         peers = df[(df.metric != "skipped") & df.variant.isin(list(PEERS))].drop_duplicates(["variant", "n_streams"])
         for _, r in peers.iterrows():
             lines.append(f"{r.variant} n={r.n_streams}: {r.note}")
-    return "\n".join(lines)
+    return lines
 
 
-def timing_lines(df) -> list[str]:
-    if df.empty:
-        return ["(no timings)"]
+def timing_table(df) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per configuration timed, the metrics formatted for reading."""
     wide = df.pivot_table(index=["preset", "d_model", "n_streams", "variant", "backend"], columns="metric", values="value")
     cols = [c for c in ("step_time_s", "tokens_per_s", "mfu", "peak_mem_bytes", "overhead", "overhead_predicted_io",
                         "act_bytes_per_token", "act_ratio", "act_bytes_per_token_recompute", "act_ratio_recompute",
@@ -466,10 +470,16 @@ def timing_lines(df) -> list[str]:
            "overhead": "{:+.1%}", "overhead_predicted_io": "{:+.1%}", "act_bytes_per_token": "{:,.0f}",
            "act_ratio": "{:.2f}x", "act_bytes_per_token_recompute": "{:,.0f}", "act_ratio_recompute": "{:.2f}x",
            "act_ratio_published": "{:.2f}x"}
-    lines = ["  ".join(["preset", "d", "n", "variant", "backend"] + cols)]
-    for idx, r in wide[cols].iterrows():
-        lines.append("  ".join([str(i) for i in idx] + [fmt[c].format(r[c]) if r[c] == r[c] else "-" for c in cols]))
-    return lines
+    rows = [[str(i) for i in idx] + [fmt[c].format(r[c]) if r[c] == r[c] else "-" for c in cols]
+            for idx, r in wide[cols].iterrows()]
+    return ["preset", "d", "n", "variant", "backend"] + cols, rows
+
+
+def timing_lines(df) -> list[str]:
+    if df.empty:
+        return ["(no timings)"]
+    header, rows = timing_table(df)
+    return ["  ".join(line) for line in [header, *rows]]
 
 
 def main_bench_model(args) -> int:

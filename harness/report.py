@@ -1,12 +1,14 @@
 """`mhc-bench report EXPERIMENT` and `mhc-bench publish EXPERIMENT`.
 
 A report answers the harness's question for one experiment (a folder of run folders): which
-residual connection trained best, how sure are we, and what did it cost. It names the
-hardware, versions and config; gives final validation loss per configuration with a 95% CI
+residual connection trained best, how sure are we, and what did it cost. It opens with that
+answer, a figure and a table of the final validation loss per configuration with a 95% CI
 over seeds and a Welch t-test against the Baseline, saying plainly when a difference is
-inside the noise; lays out the paper's Table 1 / Table 4; and shows the figures of
-`harness.plots`. Everything is written to `<experiment>/report/` as report.md, report.html
-(figures embedded) and PNGs. `publish` copies the report and the small tables (never
+inside the noise; names the hardware, versions and config; lays out the paper's Table 1 /
+Table 4 (without a gap to the paper's 27B model where ours is orders of magnitude smaller);
+and shows the figures of `harness.plots`, one colour per configuration throughout.
+Everything is written to `<experiment>/report/` as report.md, report.html (self-contained:
+sortable HTML tables, figures embedded, nothing fetched) and PNGs. `publish` copies the report and the small tables (never
 checkpoints) into `results/<experiment>/`.
 """
 
@@ -18,6 +20,7 @@ import json
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness import signals
@@ -90,15 +93,36 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
-def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
-    """Final validation loss per configuration vs a reference row, with an honest verdict.
+@dataclass
+class LossStat:
+    """One configuration's final validation loss against its reference (the report's headline)."""
 
-    The reference is the Baseline (identity); an experiment without one (a k sweep, say) is
-    compared with the paper's own mHC setting when it has that row. In a depth or learning-rate
-    sweep each configuration is compared with the reference at the same depth and lr.
-    """
+    label: str
+    values: list[float]  # each seed's final validation loss
+    mean: float
+    half: float  # 95% CI half-width (Student t); NaN with one seed
+    delta: float  # mean - the reference's mean
+    p: float  # Welch's two-sided p against the reference; NaN when not tested
+    verdict: str
+    reference: bool  # this row is the reference itself
+
+    @property
+    def n(self) -> int:
+        return len([v for v in self.values if v == v])
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.half
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.half
+
+
+def _references(rows):
+    """({cell: its reference row or None}, cell(row), the reference's name, ' at the same depth ...',
+    the kinds of reference present) for the rows of an experiment."""
     from harness.axes import AXES, axis_value, swept_axes
-    from harness.eval.table import summarize
 
     swept = swept_axes([run for row in rows for run in row.runs])
 
@@ -114,14 +138,26 @@ def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
     distinct = list({id(r): r for r in refs.values() if r is not None}.values())
     ref_name = distinct[0].label if len(distinct) == 1 else " / ".join(sorted(kinds)) or "Baseline"
     where = f" at the same {' and '.join(AXES[a].split(' (')[0] for a in swept)}" if swept else ""
-    header = ["configuration", "runs", "final val loss", f"Δ vs {ref_name}{where}", "Welch p", "verdict"]
-    body, notes = [], []
+    return refs, cell, ref_name, where, kinds
+
+
+def loss_stats(rows) -> list[LossStat]:
+    """Final validation loss per configuration vs a reference row, with an honest verdict.
+
+    The reference is the Baseline (identity); an experiment without one (a k sweep, say) is
+    compared with the paper's own mHC setting when it has that row. In a depth or learning-rate
+    sweep each configuration is compared with the reference at the same depth and lr.
+    """
+    from harness.eval.table import summarize
+
+    refs, cell, _, _, _ = _references(rows)
+    out = []
     for row in rows:
         base = refs[cell(row)]
         base_vals = [run.val_loss for run in base.runs] if base else []
         base_mean = sum(base_vals) / len(base_vals) if base_vals else math.nan
         vals = [run.val_loss for run in row.runs]
-        mean, half, what = summarize(vals, [math.nan] * len(vals))
+        mean, half, _ = summarize(vals, [math.nan] * len(vals))
         delta = mean - base_mean if row is not base else 0.0
         _, p = welch(vals, base_vals) if row is not base else (math.nan, math.nan)
         if row is base:
@@ -134,11 +170,21 @@ def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
             verdict = f"lower loss than {base.label}" if delta < 0 else f"higher loss than {base.label}"
         else:
             verdict = f"inside the noise (p = {p:.2f})"
-        ci = f" ± {half:.4f}" if half == half else ""
-        body.append([row.label, str(len(vals)), f"{mean:.4f}{ci}", f"{delta:+.4f}" if delta == delta else "–",
-                     f"{p:.3g}" if p == p else "–", verdict])
-    notes.append("± is a 95% CI over seeds (Student t); p is Welch's two-sided t-test of the final validation "
-                 f"loss against {ref_name}{where}; a difference with p ≥ 0.05 is reported as inside the noise.")
+        out.append(LossStat(row.label, vals, mean, half, delta, p, verdict, row is base))
+    return out
+
+
+def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
+    """loss_stats as a table: (header, body, notes)."""
+    refs, _, ref_name, where, kinds = _references(rows)
+    header = ["configuration", "runs", "final val loss", f"Δ vs {ref_name}{where}", "Welch p", "verdict"]
+    body = []
+    for s in loss_stats(rows):
+        ci = f" ± {s.half:.4f}" if s.half == s.half else ""
+        body.append([s.label, str(len(s.values)), f"{s.mean:.4f}{ci}", f"{s.delta:+.4f}" if s.delta == s.delta else "–",
+                     f"{s.p:.3g}" if s.p == s.p else "–", s.verdict])
+    notes = ["± is a 95% CI over seeds (Student t); p is Welch's two-sided t-test of the final validation "
+             f"loss against {ref_name}{where}; a difference with p ≥ 0.05 is reported as inside the noise."]
     if not any(refs.values()):
         notes.append("No Baseline (identity) runs in this experiment: deltas and tests are omitted.")
     elif "Baseline" not in kinds:
@@ -148,19 +194,74 @@ def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
 
 # ---------------------------------------------------------------------- rendering
 def _md_table(header, body) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
+    def cell(c):
+        return str(c).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(c) for c in r) + " |" for r in body]
     return "\n".join(lines)
 
 
-def _html_table(header, body) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+def _heading(text: str) -> str:
+    """A column heading; a long snake_case name ('act_bytes_per_token_recompute') may break after
+    its underscores, so a wide table folds its headings rather than running off the page."""
+    escaped = html.escape(str(text))
+    return escaped.replace("_", "_<wbr>") if len(escaped) > 12 else escaped
+
+
+def _html_table(header, body, wrap: bool = False) -> str:
+    head = "".join(f"<th>{_heading(h)}</th>" for h in header)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in body)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<table class="sortable{" wrap" if wrap else ""}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+# Click (or Enter on) a column heading to sort by it, again to reverse: numbers as numbers
+# ("−0.021 ± 0.004" by −0.021, "1,234" by 1234), text otherwise, empty cells ("—") last.
+# Inline and dependency-free: the page is read offline, from a file.
+SORT_SCRIPT = r"""
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  var heads = table.querySelectorAll("thead th");
+  function key(row, col) {
+    var text = row.cells[col] ? row.cells[col].textContent : "";
+    var m = text.replace(/\u2212/g, "-").replace(/,/g, "").match(/^\s*[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?/i);
+    return {num: m ? parseFloat(m[0]) : null, text: text};
+  }
+  heads.forEach(function (th, col) {
+    th.tabIndex = 0;
+    th.title = "sort by this column";
+    function sort() {
+      var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+      heads.forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a, col), y = key(b, col);
+        if (x.num !== null && y.num !== null) return dir * (x.num - y.num);
+        if (x.num !== null) return -1;
+        if (y.num !== null) return 1;
+        return dir * x.text.localeCompare(y.text);
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    }
+    th.addEventListener("click", sort);
+    th.addEventListener("keydown", function (e) { if (e.key === "Enter") sort(); });
+  });
+});
+"""
+
+# .wrap: a table whose cells hold long unbroken values (paths); they may break anywhere there
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+         "overflow-wrap:break-word}table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+         "td,th{border:1px solid #ccc;padding:4px 6px;text-align:left;vertical-align:top}.wrap td{overflow-wrap:anywhere}"
+         "td{font-variant-numeric:tabular-nums}th{background:#f4f4f4;cursor:pointer}"
+         "th[aria-sort=ascending]::after{content:' \\25B2'}th[aria-sort=descending]::after{content:' \\25BC'}"
+         "img{max-width:100%}figure{margin:1em 0}figcaption,.note{color:#555;font-size:0.9em}")
 
 
 class Doc:
-    """Blocks rendered twice: Markdown (report.md) and self-contained HTML (report.html)."""
+    """Blocks rendered twice: Markdown (report.md) and self-contained HTML (report.html), every
+    table a real (sortable) HTML table, every figure embedded."""
 
     def __init__(self, title: str):
         self.md, self.html = [f"# {title}"], [f"<h1>{html.escape(title)}</h1>"]
@@ -173,14 +274,9 @@ class Doc:
         self.md.append(text)
         self.html.append(f"<p>{html.escape(text)}</p>")
 
-    def table(self, header, body, notes=()):
+    def table(self, header, body, notes=(), wrap: bool = False):
         self.md.append(_md_table(header, body) + "".join(f"\n\n_{n}_" for n in notes))
-        self.html.append(_html_table(header, body) + "".join(f"<p><em>{html.escape(n)}</em></p>" for n in notes))
-
-    def pre(self, text, markdown: bool = False):
-        """Preformatted text; `markdown=True` when the text is itself Markdown (kept as is in report.md)."""
-        self.md.append(text if markdown else f"```\n{text}\n```")
-        self.html.append(f"<pre>{html.escape(text)}</pre>")
+        self.html.append(_html_table(header, body, wrap) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes))
 
     def figure(self, path: Path, caption: str):
         self.md.append(f"![{caption}]({path.name})\n\n_{caption}_")
@@ -192,11 +288,8 @@ class Doc:
         return "\n\n".join(self.md) + "\n"
 
     def page(self) -> str:
-        style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-                 "th{background:#f4f4f4}img{max-width:100%}pre{background:#f8f8f8;padding:1em;overflow:auto}")
         return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.md[0][2:])}</title>" \
-               f"<style>{style}</style></head><body>{''.join(self.html)}</body></html>\n"
+               f"<style>{STYLE}</style></head><body>{''.join(self.html)}<script>{SORT_SCRIPT}</script></body></html>\n"
 
 
 def _common_config(per_run) -> tuple[dict, list[str]]:
@@ -211,8 +304,7 @@ def _common_config(per_run) -> tuple[dict, list[str]]:
 
 def build_report(experiment, runs_dir: str = "runs") -> Path:
     """Write <experiment>/report/{report.md, report.html, *.png}; returns the report.md path."""
-    from harness import plots
-    from harness.eval.table import make_table
+    from harness import axes, plots
     from harness.rundir import now
 
     experiment = experiment_dir(experiment, runs_dir)
@@ -223,6 +315,10 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     env_file = per_run[0]["path"] / "env.json"
     if env_file.is_file():
         env = json.loads(env_file.read_text())
+    all_runs = [run for row in rows for run in row.runs]
+    # one colour per configuration in every figure, the swept-axis series included
+    palette = plots.palette([row.label for row in rows] + [label for axis in axes.swept_axes(all_runs)
+                                                           for label in axes.series_labels(all_runs, axis)])
     doc = Doc(f"mhc-bench report: {experiment.name}")
     doc.p(f"{len(per_run)} runs in {len(rows)} configurations; written {now()} from {experiment}.")
     for note in left_out + capped_runs(tables["diagnostics"]):
@@ -233,59 +329,106 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
 
     doc.h2("Which residual connection trained best?")
     header, body, notes = loss_summary(rows)
+    headline = plots.final_loss(loss_stats(rows), out / "final_loss.png", palette)
+    if headline is not None:
+        doc.figure(headline, f"Final validation loss per configuration: mean and 95% CI over seeds (Student t), a dot per "
+                             f"seed, the dashed line at the reference's mean; beside each row, Welch's t-test against "
+                             f"{header[3].removeprefix('Δ vs ')}.")
     doc.table(header, body, notes)
 
-    axis_figures, focus_runs = _axis_sections(doc, [run for row in rows for run in row.runs], out)
+    axis_figures, focus_runs = _axis_sections(doc, all_runs, out)
     if focus_runs is not None:  # per-step figures of one setting of the axis, not a line per depth
         tables = {k: v[v["run"].isin(focus_runs)] if "run" in v else v for k, v in tables.items()}
 
-    for layout in ("table1", "table4"):
-        try:
-            md, _ = make_table(experiment, layout, out_dir=out)
-        except UserError as e:
-            doc.p(f"{layout}: not available ({e}).")
-            continue
-        doc.h2({"table1": "Paper Table 1 layout", "table4": "Paper Table 4 layout"}[layout])
-        doc.pre(md.strip(), markdown=True)
+    _paper_layouts(doc, experiment, out)
 
     figures = [
-        ("loss.png", lambda p: plots.loss_curves(tables["metrics"], p), "Training and validation loss vs tokens (mean and 95% band over seeds)."),
-        ("grad_norm.png", lambda p: plots.grad_norms(tables["metrics"], p), "Gradient norm before clipping."),
-        ("amax.png", lambda p: plots.amax_vs_depth(tables["diagnostics"], p), "Amax gain of single H_res and of the composite from layer l to the last (paper Fig. 3/7)."),
-        ("homogenisation.png", lambda p: plots.homogenisation(tables["diagnostics"], p), "Distance of the composite H_res from the uniform matrix vs depth."),
-        ("ds_gap_vs_k.png", lambda p: plots.ds_gap_vs_k(tables["diagnostics"], runs, p), "Doubly-stochastic gap of H_res vs Sinkhorn rounds k."),
-        ("evals.png", lambda p: plots.eval_scores(tables["evals"], p), "Evaluation scores."),
+        ("loss.png", lambda p, c: plots.loss_curves(tables["metrics"], p, palette=c), "Training and validation loss vs tokens (mean and 95% band over seeds)."),
+        ("grad_norm.png", lambda p, c: plots.grad_norms(tables["metrics"], p, palette=c), "Gradient norm before clipping."),
+        ("amax.png", lambda p, c: plots.amax_vs_depth(tables["diagnostics"], p, palette=c),
+         "Amax gain of single H_res and of the composite from layer l to the last (paper Fig. 3/7), drawn as its distance "
+         "from 1 on a log axis (▽: a gain below 1)."),
+        ("homogenisation.png", lambda p, c: plots.homogenisation(tables["diagnostics"], runs, p, palette=c),
+         "Distance of the composite H_res from the uniform matrix vs depth (runs with one stream left out: a 1 × 1 matrix is always uniform)."),
+        ("ds_gap_vs_k.png", lambda p, c: plots.ds_gap_vs_k(tables["diagnostics"], runs, p, palette=c),
+         "Doubly-stochastic gap of H_res vs Sinkhorn rounds k; ablations (variant.fixed), converged Sinkhorn and mHC-lite as separate lines."),
+        ("evals.png", lambda p, c: plots.eval_scores(tables["evals"], p, palette=c),
+         "Evaluation scores, a panel per benchmark: accuracy / exact match / F1 (higher is better) first, bits per byte (lower is better) after."),
     ]
     figures = axis_figures + figures
     bench = bench_tables(experiment)
     if not bench["model"].empty:
-        from harness.bench_model import summary
+        from harness.bench_model import summary_notes, timing_table
 
         doc.h2("What does it cost? (training-step time)")
-        doc.pre(summary(bench["model"]))
+        timed = bench["model"][bench["model"].metric != "skipped"]
+        if timed.empty:
+            doc.p("No configuration was timed.")
+        else:
+            for header, body in _cost_tables(*timing_table(timed), doc):
+                doc.table(header, body)
+        for line in summary_notes(bench["model"]):
+            doc.p(line)
         doc.p("overhead = step time / identity step time − 1 (same preset, width, backend), measured in one process with "
               "interleaved rounds; overhead_predicted_io is the mHC paper's I/O model (a floor for fused kernels). "
               "peer:* rows are a public implementation's connection (lucidrains' hyper-connections) inside the same "
               "model; 'skipped' lines say why a configuration was not measured. act_* columns are the bytes autograd "
               "saves for the backward per token, counted exactly, without and with train.recompute, and their ratio to "
               "identity's (the HC paper reports +26% for HC).")
-        figures += [("overhead.png", lambda p: plots.overhead_bars(bench["model"], p), "Step-time overhead vs identity, measured and predicted."),
-                    ("throughput.png", lambda p: plots.throughput_bars(bench["model"], p), "Training throughput.")]
+        figures += [("overhead.png", lambda p, c: plots.overhead_bars(bench["model"], p), "Step-time overhead vs identity, measured and predicted."),
+                    ("throughput.png", lambda p, c: plots.throughput_bars(bench["model"], p), "Training throughput.")]
     if not bench["kernels"].empty:
-        figures.append(("kernels.png", lambda p: plots.kernel_bandwidth(bench["kernels"], p), "Kernel bandwidth vs size against the copy ceiling."))
+        figures.append(("kernels.png", lambda p, c: plots.kernel_bandwidth(bench["kernels"], p), "Kernel bandwidth vs size against the copy ceiling."))
     doc.h2("Figures")
     for name, draw, caption in figures:
-        path = draw(out / name)
+        path = draw(out / name, palette)
         if path is not None:
             doc.figure(path, caption)
 
     common, varying = _common_config(per_run)
     doc.h2("Configuration")
     doc.p("Varied across runs: " + (", ".join(varying) or "nothing") + ".")
-    doc.pre("\n".join(f"{k} = {v!r}" for k, v in common.items()))
+    doc.table(["setting (the same in every run)", "value"], [[k, repr(v)] for k, v in common.items()], wrap=True)
     write_text(out / "report.html", doc.page())
     write_text(out / "report.md", doc.markdown())
     return out / "report.md"
+
+
+def _cost_tables(header, body, doc) -> list[tuple[list[str], list[list[str]]]]:
+    """`bench model`'s table as two that fit a page: time (step time, throughput, MFU, overhead)
+    and activation memory (act_*), each led by the configuration. A preset, width or backend
+    shared by every row is said once, above, not in every row."""
+    key = list(range(min(5, len(header))))
+    same = [i for i in key if header[i] != "variant" and len({r[i] for r in body}) == 1] if len(body) > 1 else []
+    if same:
+        doc.p("Every row: " + ", ".join(f"{header[i]} {body[0][i]}" for i in same) + ".")
+    lead = [i for i in key if i not in same]
+    parts = [[i for i in range(5, len(header)) if not header[i].startswith("act_")],
+             [i for i in range(5, len(header)) if header[i].startswith("act_")]]
+    return [([header[i] for i in lead + cols], [[r[i] for i in lead + cols] for r in body]) for cols in parts if cols]
+
+
+def _paper_layouts(doc, experiment: Path, out: Path) -> None:
+    """The paper's Table 1 and Table 4 layouts, also written as report/table{1,4}.{md,tex,csv}.
+    Table 4 sets the paper's numbers apart, without a gap, when our models are orders of
+    magnitude smaller than its 27B (harness/eval/table.py comparable_scale)."""
+    from harness.eval.table import layout_of, paper4, write_layout
+
+    for layout in ("table1", "table4"):
+        try:
+            table = layout_of(experiment, layout, paper_apart=True)
+        except UserError as e:
+            doc.p(f"{layout}: not available ({e}).")
+            continue
+        write_layout(table, layout, out)
+        doc.h2({"table1": "Paper Table 1 layout", "table4": "Paper Table 4 layout"}[layout])
+        doc.p(table.title)
+        doc.table(table.header, table.body, table.notes)
+        if layout == "table4" and not table.comparable:
+            from harness.eval import paper
+
+            doc.p(f"The paper's Table 4 ({paper.TABLE4_SETTING}), for the ordering of its rows, not their level:")
+            doc.table(*paper4(table.frame))
 
 
 def _axis_sections(doc, runs, out: Path) -> tuple[list, set | None]:
@@ -319,13 +462,14 @@ def _axis_sections(doc, runs, out: Path) -> tuple[list, set | None]:
         focus = df[df["x"] == at]
         focus_runs = set(focus["run"]) if focus_runs is None else focus_runs & set(focus["run"])
         figures += [
-            (f"loss_vs_{name}.png", lambda p, df=df, axis=axis: plots.loss_vs_axis(df, axis, p),
+            (f"loss_vs_{name}.png", lambda p, c, df=df, axis=axis: plots.loss_vs_axis(df, axis, p, palette=c),
              f"Final validation loss vs {axes.AXES[axis]}: mean and 95% CI over seeds; × = a diverged run."),
-            (f"amax_vs_{name}.png", lambda p, df=df, axis=axis: plots.amax_vs_axis(df, axis, p),
-             f"Composite Amax gain of the whole depth at the end of training vs {axes.AXES[axis]} (log scale)."),
+            (f"amax_vs_{name}.png", lambda p, c, df=df, axis=axis: plots.amax_vs_axis(df, axis, p, palette=c),
+             f"Composite Amax gain of the whole depth at the end of training vs {axes.AXES[axis]}, as |Amax − 1| on a log "
+             "scale (▽: a gain below 1)."),
             (f"amax_over_training_{name}.png",
-             lambda p, focus=focus, axis=axis, at=at: plots.amax_over_training(per_step, focus, f"{axis} = {at:g}", p),
-             f"Composite Amax over training at {axis} = {at:g} (geometric mean over seeds, band = their range)."),
+             lambda p, c, focus=focus, axis=axis, at=at: plots.amax_over_training(per_step, focus, f"{axis} = {at:g}", p, palette=c),
+             f"Composite Amax over training at {axis} = {at:g}, as |Amax − 1| (geometric mean over seeds, band = their range)."),
         ]
         doc.p(f"The per-step figures below show {axis} = {at:g} only.")
     return figures, focus_runs

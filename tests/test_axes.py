@@ -4,10 +4,18 @@ import math
 
 import pandas as pd
 import pytest
+from matplotlib.colors import to_hex
+from report_helpers import keep_figures, legend_colours, tick_labels
 
 from harness import axes
 from harness.cli import main
 from harness.train import train
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: Figure} of the figures saved during the test, kept for inspection."""
+    return keep_figures(monkeypatch)
 
 
 def runs_frame(rows):
@@ -100,3 +108,25 @@ def test_a_miniature_of_the_shipped_depth_grid_runs_collects_and_reports_amax_vs
     figure = exp / "report" / "amax_vs_n_layer.png"
     assert figure.read_bytes()[:4] == b"\x89PNG"
     assert "amax_vs_n_layer.png" in (exp / "report" / "report.md").read_text()
+
+
+def test_sweep_figures_share_the_report_palette_and_tell_gains_near_one_apart(drawn, tmp_path):
+    """HC is HC's colour in the sweep figures as in loss.png; composite gains within 1e-3 of 1
+    still get distinct tick labels."""
+    from harness import plots
+
+    df = runs_frame([(s, x, seed, 2.0 + 0.1 * i, False, 1 + 1e-4 * x * (i + 1))
+                     for i, s in enumerate(("Baseline", "HC")) for x in (2, 4, 8) for seed in (0, 1)])
+    df["amax_bwd_final"] = df["amax_fwd_final"]
+    plots.loss_vs_axis(df, "model.n_layer", tmp_path / "loss_vs.png")
+    sweep = legend_colours(drawn["loss_vs.png"].axes[0])
+    only_hc = pd.DataFrame([dict(run="h", label="HC", seed=0, split=split, step=s, tokens=s, loss=3.0, grad_norm=1.0)
+                            for split in ("train", "val") for s in (1, 2)])
+    plots.loss_curves(only_hc, tmp_path / "loss.png")
+    assert sweep["HC"] == legend_colours(drawn["loss.png"].axes[0])["HC"]
+    assert sweep["HC"] == to_hex(plots.palette(["HC"])["HC"])
+    assert sweep["Baseline"] != sweep["HC"]
+    plots.amax_vs_axis(df, "model.n_layer", tmp_path / "amax_vs.png")
+    for ax in drawn["amax_vs.png"].axes:
+        labels = tick_labels(ax)
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), labels

@@ -1,9 +1,19 @@
 """`report` and `publish`: every artefact exists, is non-empty, and says what the numbers support."""
 
+import re
+
 import pytest
+from matplotlib.colors import to_hex
+from report_helpers import full_report, keep_figures, legend_colours, tick_labels
 
 from harness.cli import main
 from harness.train import train
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: Figure} of the figures saved during the test, kept for inspection."""
+    return keep_figures(monkeypatch)
 
 
 @pytest.fixture
@@ -143,3 +153,192 @@ def test_publish_keeps_the_last_diagnostics_step_of_each_run_when_the_table_is_l
     final = pd.read_parquet(dest / "diagnostics-final.parquet")
     assert sorted(zip(final.run_id, final.step)) == [("a", 20), ("b", 30)]
     assert "metrics.parquet left out" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- figures that read true
+def _metrics(order_train, order_val):
+    """Train and validation rows whose labels first appear in different orders."""
+    import pandas as pd
+
+    rows = []
+    for i, label in enumerate(order_train):
+        for seed in (0, 1):
+            rows += [dict(run=f"{label}-{seed}", label=label, seed=seed, split="train", step=s, tokens=64 * s,
+                          loss=3.0 - 0.01 * s + 0.1 * i, grad_norm=1.0 + 0.1 * i) for s in range(1, 6)]
+    for i, label in enumerate(order_val):
+        for seed in (0, 1):
+            rows += [dict(run=f"{label}-{seed}", label=label, seed=seed, split="val", step=s, tokens=64 * s,
+                          loss=3.1 - 0.01 * s + 0.1 * i, grad_norm=float("nan")) for s in (0, 5)]
+    return pd.DataFrame(rows)
+
+
+def test_a_configuration_has_one_colour_in_both_loss_panels_and_every_figure(drawn, tmp_path):
+    from harness import plots
+
+    metrics = _metrics(["Baseline", "HC", "mHC"], ["mHC", "HC", "Baseline"])
+    plots.loss_curves(metrics, tmp_path / "loss.png")
+    train_ax, val_ax = drawn["loss.png"].axes[:2]
+    assert legend_colours(train_ax) == legend_colours(val_ax)
+    # one palette keyed by the configuration's label: the same colours in every figure and report
+    fixed = plots.palette(["Baseline", "HC", "mHC"])
+    assert legend_colours(train_ax) == {k: to_hex(v) for k, v in fixed.items()}
+    assert plots.palette(["mHC"])["mHC"] == fixed["mHC"] and len(set(map(to_hex, fixed.values()))) == 3
+    plots.grad_norms(metrics[metrics.label != "HC"], tmp_path / "grad_norm.png")
+    assert legend_colours(drawn["grad_norm.png"].axes[0]) == {k: to_hex(fixed[k]) for k in ("Baseline", "mHC")}
+    # settings of one variant (a k sweep) are shades of its colour, each distinct
+    shades = plots.palette(["mHC (variant.sk_iters=1)", "mHC (variant.sk_iters=20)", "HC"])
+    assert len({to_hex(c) for c in shades.values()}) == 3 and to_hex(shades["HC"]) == to_hex(fixed["HC"])
+
+
+def _amax_diagnostics(gain):
+    """Span rows of one run with 4 sub-layers: single and composite gains = gain(start, end)."""
+    import pandas as pd
+
+    return pd.DataFrame([dict(run=f"r{seed}", label="mHC", seed=seed, scope="span", stat="token_mean", step=8, metric=m,
+                              start=a, end=b, value=gain(a, b) + 1e-5 * seed)
+                         for seed in (0, 1) for m in ("amax_fwd", "amax_bwd") for a in range(4) for b in range(a, 4)])
+
+
+def test_amax_figure_tells_gains_near_one_apart(drawn, tmp_path):
+    """mHC's gains sit within 1e-3 of 1: a log axis of the gain labels every tick "1"."""
+    from harness import plots
+
+    plots.amax_vs_depth(_amax_diagnostics(lambda a, b: 1 + 1e-4 * (1 + b - a)), tmp_path / "amax.png")
+    for ax in drawn["amax.png"].axes:
+        labels = tick_labels(ax)
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), labels
+    assert "Amax − 1" in drawn["amax.png"].axes[0].get_ylabel()
+
+
+def test_gap_vs_k_keeps_ablations_apart_from_the_k_points(drawn, tmp_path):
+    import pandas as pd
+
+    from harness import plots
+
+    runs = pd.DataFrame([
+        {"run": "k1", "label": "mHC (variant.sk_iters=1)", "variant.name": "mhc", "variant.sk_iters": 1, "variant.sk_mode": "paper", "variant.fixed": ""},
+        {"run": "k20", "label": "mHC (variant.sk_iters=20)", "variant.name": "mhc", "variant.sk_iters": 20, "variant.sk_mode": "paper", "variant.fixed": ""},
+        {"run": "abl", "label": "mHC: H_res only", "variant.name": "mhc", "variant.sk_iters": 20, "variant.sk_mode": "paper", "variant.fixed": "pre,post"},
+    ])
+    gaps = {"k1": 2e-2, "k20": 1e-2, "abl": 0.5}  # column gaps; the ablation's is far off
+    diag = pd.DataFrame([{"run": r, "scope": "layer", "stat": "token_max", "step": 2, "metric": m, "value": v if m == "res_col_gap" else 1e-7}
+                         for r, v in gaps.items() for m in ("res_row_gap", "res_col_gap")])
+    plots.ds_gap_vs_k(diag, runs, tmp_path / "gap.png")
+    ax = drawn["gap.png"].axes[0]
+    ys = [y for line in ax.lines for y in line.get_ydata()]
+    assert 0.5 in ys  # the ablation is drawn, as its own point
+    assert not any(0.2 < y < 0.4 for y in ys)  # and never averaged into k = 20 ((0.01 + 0.5) / 2)
+    assert any("H_res only" in t.get_text() for t in ax.get_legend().get_texts())
+
+
+def test_homogenisation_leaves_out_single_stream_runs(drawn, tmp_path):
+    """A 1 x 1 composite is always 'uniform': n = 1 runs would sit at a trivial 0."""
+    import pandas as pd
+
+    from harness import plots
+
+    runs = pd.DataFrame([{"run": "base", "label": "Baseline", "variant.name": "identity", "variant.n_streams": 0},
+                         {"run": "m", "label": "mHC", "variant.name": "mhc", "variant.n_streams": 0},
+                         {"run": "m1", "label": "mHC (variant.n_streams=1)", "variant.name": "mhc", "variant.n_streams": 1}])
+    diag = pd.DataFrame([{"run": r, "label": lab, "seed": 0, "scope": "span", "metric": "uniform_distance", "stat": "token_mean",
+                          "start": 0, "end": e, "step": 4, "value": v}
+                         for r, lab, v in (("base", "Baseline", 0.0), ("m", "mHC", 0.8), ("m1", "mHC (variant.n_streams=1)", 0.0))
+                         for e in range(3)])
+    plots.homogenisation(diag, runs, tmp_path / "h.png")
+    assert set(legend_colours(drawn["h.png"].axes[0])) == {"mHC"}
+    assert plots.homogenisation(diag[diag.run != "m"], runs, tmp_path / "none.png") is None
+
+
+def test_eval_figure_puts_metrics_of_opposite_directions_on_their_own_axes(drawn, tmp_path):
+    import pandas as pd
+
+    from harness import plots
+
+    rows = [dict(run=f"{lab}{seed}", label=lab, seed=seed, task=task, metric=metric, filter=filt, level="task",
+                 value=v + 0.01 * seed, higher_is_better=metric != "bits_per_byte")
+            for lab in ("Baseline", "mHC") for seed in (0, 1)
+            for task, metric, filt, v in (("mmlu", "acc", "none", 0.3), ("drop", "f1", "none", 0.2), ("wiki", "bits_per_byte", "none", 2.4))]
+    plots.eval_scores(pd.DataFrame(rows), tmp_path / "evals.png")
+    panels = {ax.get_title(): ax.get_xlabel() for ax in drawn["evals.png"].axes if ax.has_data()}
+    assert len(panels) == 3 and not any("score" in x for x in panels.values())
+    by_task = {task: next(x for t, x in panels.items() if title in t) for task, title in (("mmlu", "MMLU"), ("drop", "DROP"), ("wiki", "Wikipedia"))}
+    assert "higher is better" in by_task["mmlu"] and "higher is better" in by_task["drop"] and "%" in by_task["mmlu"]
+    assert "lower is better" in by_task["wiki"] and "bits per byte" in by_task["wiki"]
+
+
+def test_headline_figure_shows_final_loss_with_its_ci_and_the_verdict(drawn, tmp_path):
+    from pathlib import Path
+
+    from harness import plots
+    from harness.eval.table import Run, group_rows
+    from harness.presets import get_preset
+    from harness.report import loss_stats
+
+    runs = []
+    for variant, losses in (("identity", (3.00, 3.01, 3.02)), ("hc", (3.50, 3.52, 3.51)), ("mhc", (2.9, 3.1, 3.05))):
+        for seed, loss in enumerate(losses):
+            cfg = get_preset("tiny")
+            cfg.variant.name, cfg.train.seed = variant, seed
+            runs.append(Run(Path(f"{variant}-s{seed}"), cfg.to_dict(), loss, None))
+    stats = loss_stats(group_rows(runs))
+    plots.final_loss(stats, tmp_path / "final_loss.png")
+    ax = drawn["final_loss.png"].axes[0]
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "higher loss than Baseline" in texts and "inside the noise" in texts and "reference" in texts
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["Baseline", "HC", "mHC"]
+    hc = next(s for s in stats if s.label == "HC")
+    assert hc.mean == pytest.approx(3.51) and hc.low < 3.50 and hc.high > 3.52  # a t interval over 3 seeds
+    xs = [x for c in ax.collections for x, _ in c.get_offsets()]
+    assert all(any(abs(x - v) < 1e-9 for x in xs) for v in (3.50, 3.52, 3.51))  # every seed drawn
+
+
+# ---------------------------------------------------------------------- report.html
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory, data_cache):
+    """Baseline and mHC x 2 seeds with evaluations and a cost table, reported once for these tests."""
+    return full_report(tmp_path_factory.mktemp("full") / "runs", data_cache)
+
+
+def _sections(page: str) -> dict[str, str]:
+    """{h2 heading: the HTML up to the next h2}."""
+    parts = re.split(r"<h2>(.*?)</h2>", page)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_every_table_of_report_html_is_an_html_table(reported):
+    page = (reported / "report.html").read_text()
+    assert "<pre" not in page  # no Markdown or text tables left as preformatted text
+    sections = _sections(page)
+    for heading, must in (("Paper Table 1 layout", "<th>H_res</th>"), ("Paper Table 4 layout", "MMLU"),
+                          ("What does it cost? (training-step time)", "<th>step_time_s</th>"), ("Configuration", "train.steps")):
+        assert "<table" in sections[heading] and must in sections[heading], heading
+    tables = re.findall(r"<table[^>]*>", page)
+    assert len(tables) >= 6 and all('class="sortable' in t for t in tables)
+    assert "<script>" in page and "src=" not in page.replace('img src="data:', "")  # sorting inline, nothing fetched
+    cost = sections["What does it cost? (training-step time)"]
+    assert re.search(r"<td>mhc</td>.*?<td>\+[\d,.]+%</td>", cost)  # the overhead column, as numbers a reader sorts
+
+
+def test_the_headline_figure_answers_first(reported):
+    page = (reported / "report.html").read_text()
+    first_figure, first_table = page.index("<figure>"), page.index("<table")
+    assert first_figure < first_table and page.index("Which residual connection") < first_figure
+    assert 'alt="Final validation loss' in page[first_figure:first_table]
+    md = (reported / "report.md").read_text()
+    assert md.index("![Final validation loss") < md.index("| configuration |")
+    assert (reported / "final_loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table4_leaves_out_the_gap_to_a_27b_model_at_a_tiny_scale(reported, capsys):
+    md = (reported / "report.md").read_text()
+    table4 = md[md.index("## Paper Table 4 layout"):md.index("## ", md.index("## Paper Table 4 layout") + 3)]
+    header = next(line for line in table4.splitlines() if line.startswith("| Method"))
+    assert "paper" not in header and "Δ" not in header
+    assert re.search(r"parameters, \d orders of magnitude fewer than the paper's 27B", table4)
+    assert "| Baseline | 43.8 |" in table4  # the paper's numbers stay, apart, for their ordering
+    html = _sections((reported / "report.html").read_text())["Paper Table 4 layout"]
+    assert "<th>Δ</th>" not in html.split("</table>")[0]
+    # `mhc-bench table` keeps the paper's layout and says plainly what the gap is worth here
+    assert main(["table", str(reported.parent), "--layout", "table4", "--format", "md"]) == 0
+    assert "orders of magnitude fewer than the paper's 27B" in capsys.readouterr().out

@@ -8,7 +8,9 @@ hc -> HC, mhc -> mHC, mhc-lite -> mHC-lite); a run with `variant.fixed` is an ab
 named by the mappings it learns ("H_res only", "H_res + H_pre", ...).
 
 - table4: BBH EM, DROP F1, GSM8K EM, MMLU accuracy in percent, with the paper's 27B numbers
-  and the gap (ours - paper) beside each.
+  and the gap (ours - paper) beside each. A gap to a model orders of magnitude larger
+  measures scale, not the residual connection: the notes say so, with our parameter count,
+  and a report (`paper_apart`) lists the paper's numbers apart instead.
 - table1: final validation loss and its gap vs the Baseline row, beside the paper's
   component-ablation gaps.
 
@@ -35,6 +37,8 @@ LABELS = {"identity": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-lite": "mHC-lit
 MAPPINGS = ("res", "pre", "post")  # the paper's order in Table 1
 METRIC_NAMES = {"exact_match": "EM", "f1": "F1", "acc": "Acc", "bits_per_byte": "bits/byte"}
 LAYOUTS = ("table4", "table1")
+PAPER_TABLE4_PARAMS = 27e9  # paper.TABLE4_SETTING: a 27B MoE (total parameters)
+COMPARABLE_SCALE = 10.0  # a gap to the paper's numbers is shown beside models at most this many times smaller
 
 
 # ---------------------------------------------------------------------- collecting runs
@@ -287,23 +291,67 @@ def _pm(mean, err, digits) -> str:
     return _num(mean, digits) + ("" if err != err else f" ± {_num(err, digits)}")
 
 
-def wide4(df) -> tuple[list[str], list[list[str]]]:
-    """Method, Runs, then per benchmark: ours, paper, Δ (held-out bits/byte: ours only)."""
+def wide4(df, paper_columns: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Method, Runs, then per benchmark: ours, and with `paper_columns` the paper's number and
+    Δ beside it (held-out bits/byte: ours only)."""
     published = {k for numbers in paper.TABLE4.values() for k in numbers}
     header = ["Method", "Runs"]
     for (key, title, metric), sub in df.groupby(["benchmark", "title", "metric"], sort=False):
         shots = "" if key not in published else f" ({sub['shots'].iloc[0]}-shot)"
-        header += [f"{title} {METRIC_NAMES.get(metric, metric)}{shots}"] + (["paper", "Δ"] if key in published else [])
+        header += [f"{title} {METRIC_NAMES.get(metric, metric)}{shots}"] + (["paper", "Δ"] if key in published and paper_columns else [])
     body = []
     for label, sub in df.groupby("row", sort=False):
         line = [label, str(sub["runs"].iloc[0])]
         for _, r in sub.iterrows():
             if r["benchmark"] in published:
-                line += [_pm(r["ours"], r["err"], 1), _num(r["paper"], 1), _num(r["gap"], 1, signed=True)]
+                line.append(_pm(r["ours"], r["err"], 1))
+                line += [_num(r["paper"], 1), _num(r["gap"], 1, signed=True)] if paper_columns else []
             else:
                 line.append(_pm(r["ours"], r["err"], 3))
         body.append(line)
     return header, body
+
+
+def paper4(df) -> tuple[list[str], list[list[str]]]:
+    """The paper's own Table 4 numbers for the benchmarks in `df`, one row per published method."""
+    keys = [k for k in dict.fromkeys(df["benchmark"]) if any(k in numbers for numbers in paper.TABLE4.values())]
+    titles = dict(zip(df["benchmark"], df["title"]))
+    header = ["Method", *(titles[k] for k in keys)]
+    return header, [[label, *(_num(numbers.get(k), 1) for k in keys)] for label, numbers in paper.TABLE4.items()]
+
+
+def parameters(rows: list[Row]) -> int | None:
+    """The largest parameter count among the runs (env.json's n_params, written by training)."""
+    counts = []
+    for row in rows:
+        for run in row.runs:
+            env = run.path / "env.json"
+            if env.is_file():
+                n = json.loads(env.read_text()).get("n_params")
+                counts += [int(n)] if n else []
+    return max(counts) if counts else None
+
+
+def comparable_scale(rows: list[Row]) -> tuple[bool, str]:
+    """Whether our models are close enough in size to the paper's 27B for Δ to mean something,
+    and the sentence that says how far they are."""
+    n = parameters(rows)
+    if n is None:
+        return False, ("Our models' parameter count is unknown (no env.json): a gap to the paper's 27B MoE would "
+                       "measure scale as much as the residual connection.")
+    ratio = PAPER_TABLE4_PARAMS / n
+    if ratio <= COMPARABLE_SCALE:
+        return True, f"Ours: {_size(n)} parameters, within {COMPARABLE_SCALE:g}x of the paper's 27B MoE."
+    return False, (f"Ours: {_size(n)} parameters, {math.floor(math.log10(ratio))} orders of magnitude fewer than the "
+                   "paper's 27B MoE: a gap to its numbers measures scale, not the residual connection. Compare the "
+                   "ordering of the rows (Baseline < HC < mHC in the paper), not their levels.")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
 
 
 def wide1(df) -> tuple[list[str], list[list[str]]]:
@@ -348,10 +396,14 @@ def latex(header, body, title: str, notes: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _notes4(df, rows) -> list[str]:
-    notes = [f"Paper: {paper.PAPER}, Table 4, {paper.TABLE4_SETTING}. Δ = ours − paper (percentage points).",
-             "± is lm-eval's standard error for one run, or the 95% CI over seeds when a row has several runs.",
-             "Rows without published numbers (mHC-lite, ablations) show — in the paper columns."]
+def _notes4(df, rows, paper_columns: bool = True) -> list[str]:
+    if paper_columns:
+        notes = [f"Paper: {paper.PAPER}, Table 4, {paper.TABLE4_SETTING}. Δ = ours − paper (percentage points).",
+                 "± is lm-eval's standard error for one run, or the 95% CI over seeds when a row has several runs.",
+                 "Rows without published numbers (mHC-lite, ablations) show — in the paper columns."]
+    else:
+        notes = [f"Paper: {paper.PAPER}, Table 4, {paper.TABLE4_SETTING}: its numbers are listed apart.",
+                 "± is lm-eval's standard error for one run, or the 95% CI over seeds when a row has several runs."]
     presets = sorted({run.config.get("preset", "?") for row in rows for run in row.runs})
     notes.append(f"Ours: preset {', '.join(presets)}; runs differing only in train.seed form one row.")
     docs = df[df["evaluated_runs"] > 0]
@@ -371,34 +423,65 @@ def _notes1(rows) -> list[str]:
             "± is a 95% CI over seeds when a row has several runs (the gap's ± adds the Baseline's in quadrature)."]
 
 
-def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", "tex", "csv"),
-               runs_dir="runs") -> tuple[str, dict[str, Path]]:
-    """Render `layout` for the experiment; returns (the Markdown text, {format: file written})."""
-    from harness.atomic import write_text
+@dataclass
+class Layout:
+    """One layout of an experiment: the tidy frame, and the table a reader sees."""
 
+    title: str
+    header: list[str]
+    body: list[list[str]]
+    notes: list[str]
+    frame: object  # DataFrame
+    comparable: bool = True  # table4: our scale is close enough to the paper's for Δ to mean something
+
+
+def layout_of(experiment, layout: str = "table4", paper_apart: bool = False) -> Layout:
+    """Build `layout` for the experiment. Table 4 keeps the paper's layout, its numbers and Δ
+    beside ours with a caveat when our scale is not comparable; with `paper_apart` those
+    columns are left out at such a scale (the caller lists the paper's numbers apart, paper4)."""
     if layout not in LAYOUTS:
         raise UserError(f"unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
-    experiment = experiment_dir(experiment, runs_dir)
     runs, left_out = finished_runs(experiment)
     rows = group_rows(runs)
-    name = experiment.name
+    name = Path(experiment).expanduser().resolve().name
+    comparable = True
     if layout == "table4":
         if not any(run.evals is not None for run in runs):
             raise UserError(f"no evals.parquet in the runs of {experiment}; run `mhc-bench eval {experiment}` first")
         df = table4_frame(rows)
-        header, body = wide4(df)
-        title, notes = f"{name}: Table 4 layout (benchmarks, %)", _notes4(df, rows)
+        comparable, scale = comparable_scale(rows)
+        with_paper = comparable or not paper_apart
+        header, body = wide4(df, paper_columns=with_paper)
+        if not comparable and with_paper:
+            scale += " Δ (ours − paper) is shown only to follow the paper's layout."
+        title, notes = f"{name}: Table 4 layout (benchmarks, %)", [scale, *_notes4(df, rows, with_paper)]
     else:
         df = table1_frame(rows)
         header, body = wide1(df)
         title, notes = f"{name}: Table 1 layout (validation-loss gap vs Baseline)", _notes1(rows)
-    notes = [*notes, *left_out]
-    md = markdown(header, body, title, notes)
-    out_dir = Path(out_dir) if out_dir else experiment
+    return Layout(title, header, body, [*notes, *left_out], df, comparable)
+
+
+def write_layout(table: Layout, layout: str, out_dir, formats=("md", "tex", "csv")) -> dict[str, Path]:
+    """table.{md,tex,csv} in out_dir, each written atomically; returns {format: path}."""
+    from harness.atomic import write_text
+
     written = {}
     for fmt in formats:
-        path = out_dir / f"{layout}.{fmt}"
-        text = {"md": md, "tex": latex(header, body, title, notes), "csv": df.to_csv(index=False)}[fmt]
+        path = Path(out_dir) / f"{layout}.{fmt}"
+        text = {"md": lambda: markdown(table.header, table.body, table.title, table.notes),
+                "tex": lambda: latex(table.header, table.body, table.title, table.notes),
+                "csv": lambda: table.frame.to_csv(index=False)}[fmt]()
         write_text(path, text)
         written[fmt] = path
-    return md, written
+    return written
+
+
+def make_table(experiment, layout: str = "table4", out_dir=None, formats=("md", "tex", "csv"),
+               runs_dir="runs") -> tuple[str, dict[str, Path]]:
+    """Render `layout` for the experiment (a folder, or its name under runs_dir); returns
+    (the Markdown text, {format: file written})."""
+    experiment = experiment_dir(experiment, runs_dir)
+    table = layout_of(experiment, layout)
+    out_dir = Path(out_dir) if out_dir else experiment
+    return markdown(table.header, table.body, table.title, table.notes), write_layout(table, layout, out_dir, formats)
