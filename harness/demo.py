@@ -7,10 +7,13 @@ Each stage is the same command a user would type, so the demo is also a tour. Re
 reuses finished work: the grid skips runs that are done, evaluation reuses the results cached
 for each run's checkpoint and the demo's settings, and the benchmark table is kept once written.
 All runs are evaluated by one `eval` command, so each task's data is built once, not per run.
+The console gets one line per stage and the results; the commands' own output (what a user
+typing them would see) goes to <experiment>/demo.log, whose tail is shown if a stage fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -19,15 +22,55 @@ from harness.errors import UserError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_GRID = PROJECT_ROOT / "slurm" / "grids" / "smoke.toml"
 DEMO_TASKS = "paper,ppl"
+LOG_TAIL = 15  # lines of the log shown when a stage fails
 
 
-def _stage(title: str):
-    print(f"\n==> {title}", flush=True)
-    return time.perf_counter()
+@contextlib.contextmanager
+def _stage(log: Path, title: str):
+    """Run one stage with its commands' own output (tables, per-run lines, bars) sent to the
+    demo's log, and print one line for it: the console keeps the phases and the results."""
+    print(f"{title} ...", end=" ", flush=True)
+    t0 = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"\n==> {title}\n")
+        f.flush()
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield
+    print(f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def _done(t0: float) -> None:
-    print(f"    ({time.perf_counter() - t0:.0f} s)", flush=True)
+def _failed(log: Path, code: int) -> int:
+    """A stage's command failed: its last lines and where the rest is."""
+    print("failed")
+    lines = log.read_text(errors="replace").splitlines()
+    print("\n".join(lines[-LOG_TAIL:]))
+    print(f"the whole output: {log}")
+    return code
+
+
+def _results(exp: Path) -> None:
+    """The answer in a few lines: final validation loss per configuration, then the cost."""
+    import pandas as pd
+
+    from harness.eval.table import finished_runs, group_rows
+    from harness.report import loss_stats
+
+    done, _ = finished_runs(exp)
+    stats = loss_stats(group_rows(done))
+    width = max(len(s.label) for s in stats)
+    one_seed = all(len(s.values) == 1 for s in stats)
+    print("\nfinal validation loss (Δ vs the Baseline" + ("; one seed each, so no significance test):" if one_seed else "):"))
+    for s in stats:
+        delta = "" if s.reference or s.delta != s.delta else f"  ({s.delta:+.4f})"
+        verdict = "" if one_seed or s.reference else f"  {s.verdict}"
+        print(f"  {s.label:<{width}}  {s.mean:.4f}{delta}{verdict}")
+    bench = exp / "bench" / "model.parquet"
+    if bench.is_file():
+        b = pd.read_parquet(bench)
+        over = b[(b.metric == "overhead") & (b.variant != "identity")]
+        print("training-step time vs identity (tiny preset, this CPU, eager PyTorch): "
+              + ", ".join(f"{r.variant} {r.value:+.0%}" for r in over.itertuples()))
 
 
 def run_demo(args) -> int:
@@ -36,46 +79,48 @@ def run_demo(args) -> int:
     runs_dir = args.runs_dir
     exp_name = args.experiment
     exp = Path(runs_dir) / exp_name
+    log = exp / "demo.log"
     t_all = time.perf_counter()
+    print(f"mhc-bench demo: the smoke grid, evaluation, cost and report in {exp} (every command's output: {log})")
 
-    t0 = _stage(f"1/5 training the smoke grid ({SMOKE_GRID.relative_to(PROJECT_ROOT)}) on the local executor")
     grid = ["grid", "submit", str(SMOKE_GRID), "--cluster", "local", "--runs-dir", runs_dir, "--experiment", exp_name,
             "--parallel", str(args.parallel)] + [a for o in args.overrides for a in ("--set", o)]
-    code = main(grid)
+    with _stage(log, f"1/5 training the smoke grid ({SMOKE_GRID.relative_to(PROJECT_ROOT)}, 7 runs) on the local executor"):
+        code = main(grid)
     if code not in (0, 1):  # 1: some run failed; it is recorded and the demo reports the rest
-        return code
-    _done(t0)
+        return _failed(log, code)
 
-    t0 = _stage(f"2/5 evaluating every run with lm-eval ({DEMO_TASKS}, --limit {args.limit})")
     run_dirs = sorted(p for p in exp.iterdir() if (p / "checkpoint.pt").is_file())
     if not run_dirs:
-        raise UserError(f"no trained runs in {exp}; see `mhc-bench grid status {exp}`")
-    code = main(["eval", *map(str, run_dirs), "--tasks", DEMO_TASKS, "--limit", str(args.limit), "--max-gen-toks",
-                 str(args.max_gen_toks), "--device", "cpu", "--progress", "auto"])
+        raise UserError(f"no trained runs in {exp}; see `mhc-bench grid status {exp}` and {log}")
+    with _stage(log, f"2/5 evaluating {len(run_dirs)} runs with lm-eval ({DEMO_TASKS}, --limit {args.limit})"):
+        code = main(["eval", *map(str, run_dirs), "--tasks", DEMO_TASKS, "--limit", str(args.limit), "--max-gen-toks",
+                     str(args.max_gen_toks), "--device", "cpu", "--progress", "off"])
     if code:
-        return code
-    _done(t0)
+        return _failed(log, code)
 
-    t0 = _stage("3/5 comparing training-step cost (bench model)")
     bench = exp / "bench" / "model.parquet"
-    if bench.is_file():
-        print(f"    {bench}: already measured")
-    else:
-        code = main(["bench", "model", "--preset", "tiny", "--variants", "identity,hc,mhc,mhc-lite", "--backends", "torch",
-                     "--rounds", str(args.bench_rounds), "--device", "cpu", "--out", str(bench)])
-        if code:
-            return code
-    _done(t0)
+    with _stage(log, "3/5 comparing training-step cost (bench model)"):
+        if bench.is_file():
+            print(f"    {bench}: already measured")
+        else:
+            code = main(["bench", "model", "--preset", "tiny", "--variants", "identity,hc,mhc,mhc-lite", "--backends", "torch",
+                         "--rounds", str(args.bench_rounds), "--device", "cpu", "--out", str(bench)])
+    if code:
+        return _failed(log, code)
 
-    t0 = _stage("4/5 collecting the experiment's tables")
-    main(["grid", "collect", str(exp)])
-    _done(t0)
+    with _stage(log, "4/5 collecting the experiment's tables"):
+        code = main(["grid", "collect", str(exp)])
+    if code:
+        return _failed(log, code)
 
-    t0 = _stage("5/5 writing the report")
-    code = main(["report", str(exp), "--runs-dir", runs_dir])
-    _done(t0)
+    with _stage(log, "5/5 writing the report"):
+        code = main(["report", str(exp), "--runs-dir", runs_dir])
+    if code:
+        return _failed(log, code)
+    _results(exp)
     print(f"\ndemo finished in {time.perf_counter() - t_all:.0f} s; open {exp / 'report' / 'report.html'}")
-    return code
+    return 0
 
 
 def register(sub) -> None:

@@ -1,4 +1,5 @@
-"""The README's main job, shrunk: every artefact of the demo exists and is non-empty."""
+"""The README's main job, shrunk: every artefact of the demo exists and is non-empty, and the console
+shows the phases and the results, not the commands' output (that goes to demo.log)."""
 
 import pandas as pd
 
@@ -13,7 +14,11 @@ def test_shrunk_demo_end_to_end(tmp_path, data_cache, capsys):
     exp = runs / "demo"
     captured = capsys.readouterr()
     assert "demo finished" in captured.out
+    lines = (captured.out + captured.err).splitlines()
+    assert len(lines) < 60 and sum(line.startswith(("1/5", "2/5", "3/5", "4/5", "5/5")) for line in lines) == 5, lines
+    assert "Baseline" in captured.out and "training-step time vs identity" in captured.out  # the results, not only phases
     assert "Generating" not in captured.err and "examples/s" not in captured.err  # the datasets' chatter is in the logs
+    assert "running 7 run(s)" in (exp / "demo.log").read_text()  # the commands' own output is kept
     assert all((p.parent / "eval" / "eval.log").stat().st_size > 0 for p in exp.glob("*/checkpoint.pt"))
     for name in ("runs.parquet", "metrics.parquet", "diagnostics.parquet", "evals.parquet", "bench/model.parquet",
                  "report/report.md", "report/report.html", "report/loss.png", "report/amax.png", "report/table1.md",
@@ -26,7 +31,17 @@ def test_shrunk_demo_end_to_end(tmp_path, data_cache, capsys):
     # re-running reuses finished work: nothing is retrained or re-evaluated
     before = {p: p.stat().st_mtime_ns for p in exp.glob("*/checkpoint.pt")} | {p: p.stat().st_mtime_ns for p in exp.glob("*/evals.parquet")}
     assert main(argv) == 0
-    captured = capsys.readouterr()
-    assert "already measured" in captured.out
-    assert captured.err.count("already evaluated") == 7  # every run's results come from its cache
+    capsys.readouterr()
+    rerun = (exp / "demo.log").read_text().split("1/5 training")[-1]
+    assert "already measured" in rerun
+    assert rerun.count("already evaluated") == 7  # every run's results come from its cache
     assert before == {p: p.stat().st_mtime_ns for p in before}
+
+
+def test_a_failing_stage_shows_the_end_of_its_output_and_where_the_rest_is(tmp_path, data_cache, capsys):
+    runs = tmp_path / "runs"
+    code = main(["demo", "--runs-dir", str(runs), "--set", "optim.lrr=0.1", "--set", f"data.cache_dir={data_cache}"])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert "1/5 training the smoke grid" in out and "failed" in out and "unknown config key 'optim.lrr'" in out
+    assert f"the whole output: {runs / 'demo' / 'demo.log'}" in out and "2/5" not in out
