@@ -6,8 +6,8 @@ sweeps `model.n_layer` or `optim.lr` is read here as series (a variant with its 
 the axis removed) x axis value x seed, with each run's final validation loss and its
 instability signals (harness/signals.py). Means over seeds carry 95% Student-t intervals;
 gains are averaged on a log scale (a geometric mean), since they multiply over depth.
-A diverged run (non-finite loss, or no better than at step 0) is counted and marked, never
-averaged into a loss.
+A diverged run (harness/signals.py: non-finite, no better than at step 0, or blown up) is
+counted and marked, never averaged into a loss.
 """
 
 from __future__ import annotations

@@ -23,9 +23,12 @@ Per step (one row per training step, signals.parquet):
 Per run (a summary, the `signals.*` columns of runs.parquet):
     loss_spikes, grad_spikes         number of spikes; first_loss_spike_step
     diverged_step                    the step whose loss was not finite (training stops there)
-    diverged                         non-finite loss, or a final validation loss no better than the
-                                     step-0 one (the run learned nothing): what the learning-rate
-                                     stress curve marks
+    diverged                         non-finite loss; or a final validation loss no better than the
+                                     step-0 one (the run learned nothing); or one above
+                                     LOSS_SPIKE_FACTOR x the best validation loss it reached (it
+                                     learned, then blew up: at lr 0.1-0.3 HC at 16 blocks ends at
+                                     ln(vocab), a uniform predictor, after reaching ~3.2). What the
+                                     learning-rate stress curve marks
     amax_{fwd,bwd}_{final,peak}      token-mean composite gain at the last diagnostics step and its
                                      maximum over training; *_final_max the worst token at the end
 """
@@ -100,9 +103,12 @@ def summary(signals, metrics, status: dict | None) -> dict:
     status = status or {}
     s["diverged_step"] = int(status["step"]) if status.get("status") == "diverged" and "step" in status else math.nan
     val = metrics[metrics["split"] == "val"].sort_values("step") if metrics is not None and len(metrics) else None
-    learned_nothing = (val is not None and len(val) >= 2 and status.get("status") == "done"
-                       and not float(val["loss"].iloc[-1]) < float(val["loss"].iloc[0]))
-    s["diverged"] = bool(status.get("status") == "diverged" or learned_nothing)
+    learned_nothing = blew_up = False
+    if val is not None and len(val) >= 2 and status.get("status") == "done":
+        final, first, best = float(val["loss"].iloc[-1]), float(val["loss"].iloc[0]), float(val["loss"].min())
+        learned_nothing = not final < first
+        blew_up = final > LOSS_SPIKE_FACTOR * best
+    s["diverged"] = bool(status.get("status") == "diverged" or learned_nothing or blew_up)
     for side in ("fwd", "bwd"):
         col = signals[f"amax_{side}_mean"].dropna() if f"amax_{side}_mean" in signals else []
         worst = signals[f"amax_{side}_max"].dropna() if f"amax_{side}_max" in signals else []

@@ -9,7 +9,8 @@ from harness import signals
 
 def metrics(losses, norms, val=(5.0, 3.0)):
     train = pd.DataFrame({"step": range(1, len(losses) + 1), "split": "train", "loss": losses, "grad_norm": norms})
-    v = pd.DataFrame({"step": [0, len(losses)], "split": "val", "loss": list(val), "grad_norm": math.nan})
+    steps = [round(i * len(losses) / (len(val) - 1)) for i in range(len(val))]  # step 0 ... the last step
+    v = pd.DataFrame({"step": steps, "split": "val", "loss": list(val), "grad_norm": math.nan})
     return pd.concat([v, train], ignore_index=True)
 
 
@@ -50,6 +51,14 @@ def test_divergence_and_a_run_that_learned_nothing_are_both_marked():
     flat = metrics([3.0] * 5, [1.0] * 5, val=(5.0, 5.2))
     s = signals.summary(signals.per_step(flat, None, 0), flat, {"status": "done", "step": 5})
     assert s["diverged"] and math.isnan(s["diverged_step"])
+
+
+def test_a_run_that_learned_then_blew_up_to_a_uniform_predictor_is_marked_diverged():
+    # HC at lr 0.3, 16 blocks: 5.78 at step 0, 3.4 at best, then ln(320) = 5.768: finite, below step 0
+    collapsed = metrics([3.0] * 8, [1.0] * 8, val=(5.7824, 13.7, 3.405, 5.7683))
+    assert signals.summary(signals.per_step(collapsed, None, 0), collapsed, {"status": "done"})["diverged"]
+    noisy = metrics([3.0] * 8, [1.0] * 8, val=(5.7824, 2.93, 3.11, 3.02))  # HC at lr 0.03: worse than its best, not blown up
+    assert not signals.summary(signals.per_step(noisy, None, 0), noisy, {"status": "done"})["diverged"]
 
 
 def test_composite_amax_is_the_whole_depth_span_over_training():
