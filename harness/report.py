@@ -455,8 +455,9 @@ def _axis_sections(doc, runs, out: Path) -> tuple[list, set | None]:
             "log10). Composite Amax = the product of H_res over all sub-layers at the last diagnostics step.",
             f"Spikes (harness/signals.py): loss above {signals.LOSS_SPIKE_FACTOR}x its running minimum after warm-up; "
             f"gradient norm above {signals.GRAD_SPIKE_FACTOR:g}x the median of the previous {signals.GRAD_WINDOW} steps. "
-            "Diverged: a non-finite loss, a final validation loss no better than at step 0, or one above "
-            f"{signals.LOSS_SPIKE_FACTOR:g}x the best validation loss the run had reached (it learned, then blew up)."])
+            "Diverged: a non-finite loss, a final validation loss no better than at step 0 or than a uniform guess "
+            "over the vocabulary, or one above "
+            f"{signals.LOSS_SPIKE_FACTOR:g}x the best loss the run had reached (validation, or training over {signals.BEST_WINDOW} steps: it learned, then blew up)."])
         if axis == "optim.lr":
             doc.h2("Largest stable learning rate")
             doc.table(*axes.stable_lr_table(df), ["Stable: no seed diverged at that lr nor at any smaller one."])

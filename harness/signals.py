@@ -24,11 +24,15 @@ Per run (a summary, the `signals.*` columns of runs.parquet):
     loss_spikes, grad_spikes         number of spikes; first_loss_spike_step
     diverged_step                    the step whose loss was not finite (training stops there)
     diverged                         non-finite loss; or a final validation loss no better than the
-                                     step-0 one (the run learned nothing); or one above
-                                     LOSS_SPIKE_FACTOR x the best validation loss it reached (it
-                                     learned, then blew up: at lr 0.1-0.3 HC at 16 blocks ends at
-                                     ln(vocab), a uniform predictor, after reaching ~3.2). What the
-                                     learning-rate stress curve marks
+                                     step-0 one or than a uniform guess over the model's vocabulary,
+                                     ln(vocab_size) - UNIFORM_MARGIN (the run learned nothing, or
+                                     collapsed back to nothing); or one above
+                                     LOSS_SPIKE_FACTOR x the best loss it reached, validation or
+                                     the training loss's mean over BEST_WINDOW steps (it learned,
+                                     then blew up: at lr 0.1-0.3 HC at 16 blocks ends as a uniform
+                                     predictor, loss ln(320), after training losses of ~3.1,
+                                     which a collapse before the first evaluation hides from the
+                                     validation curve). What the learning-rate stress curve marks
     amax_{fwd,bwd}_{final,peak}      token-mean composite gain at the last diagnostics step and its
                                      maximum over training; *_final_max the worst token at the end
 """
@@ -37,6 +41,8 @@ from __future__ import annotations
 
 import math
 
+UNIFORM_MARGIN = 0.01  # nats: a final loss this close to ln(vocab_size) is a uniform guess
+BEST_WINDOW = 20  # training steps averaged for the best loss a run reached (the blow-up rule)
 LOSS_SPIKE_FACTOR = 1.5
 GRAD_SPIKE_FACTOR = 10.0
 GRAD_WINDOW = 50
@@ -93,8 +99,9 @@ def per_step(metrics, diagnostics, warmup_steps: int):
     return out
 
 
-def summary(signals, metrics, status: dict | None) -> dict:
-    """The per-run summary (module doc) from its per-step table, metrics and status.json."""
+def summary(signals, metrics, status: dict | None, vocab_size: int | None = None) -> dict:
+    """The per-run summary (module doc) from its per-step table, metrics and status.json
+    (and the model's output vocabulary, env.json's vocab_size, when known)."""
     s = {}
     for flag, name in (("loss_spike", "loss_spikes"), ("grad_spike", "grad_spikes")):
         s[name] = int(signals[flag].sum()) if flag in signals else 0
@@ -106,7 +113,11 @@ def summary(signals, metrics, status: dict | None) -> dict:
     learned_nothing = blew_up = False
     if val is not None and len(val) >= 2 and status.get("status") == "done":
         final, first, best = float(val["loss"].iloc[-1]), float(val["loss"].iloc[0]), float(val["loss"].min())
-        learned_nothing = not final < first
+        uniform = math.log(vocab_size) - UNIFORM_MARGIN if vocab_size else math.inf
+        learned_nothing = not final < min(first, uniform)
+        train = metrics[metrics["split"] == "train"].sort_values("step")["loss"]
+        if len(train) >= BEST_WINDOW:  # a window's mean, not one lucky batch
+            best = min(best, float(train.rolling(BEST_WINDOW).mean().min()))
         blew_up = final > LOSS_SPIKE_FACTOR * best
     s["diverged"] = bool(status.get("status") == "diverged" or learned_nothing or blew_up)
     for side in ("fwd", "bwd"):
@@ -123,7 +134,7 @@ def of_run(run):
     metrics, diagnostics = run.read_table("metrics"), run.read_table("diagnostics")
     warmup = run.read_config().get("optim", {}).get("warmup_steps", 0)
     table = per_step(metrics, diagnostics, warmup)
-    return table, summary(table, metrics, run.read_status())
+    return table, summary(table, metrics, run.read_status(), run.read_env().get("vocab_size"))
 
 
 def write(run) -> None:

@@ -57,6 +57,15 @@ def test_a_run_that_learned_then_blew_up_to_a_uniform_predictor_is_marked_diverg
     # HC at lr 0.3, 16 blocks: 5.78 at step 0, 3.4 at best, then ln(320) = 5.768: finite, below step 0
     collapsed = metrics([3.0] * 8, [1.0] * 8, val=(5.7824, 13.7, 3.405, 5.7683))
     assert signals.summary(signals.per_step(collapsed, None, 0), collapsed, {"status": "done"})["diverged"]
+    # collapsed before the first evaluation: its validation curve never shows the ~3.1 it trained at
+    hidden = metrics([5.7] * 10 + [3.1] * 30 + [5.77] * 60, [1.0] * 100, val=(5.785, 5.768, 5.768, 5.768, 5.768))
+    assert signals.summary(signals.per_step(hidden, None, 0), hidden, {"status": "done"})["diverged"]
+    # blew up at step 3 and never trained; ends as a uniform guess over 320 logits, just under its init loss
+    uniform = metrics([18.0] * 50 + [5.77] * 50, [1.0] * 100, val=(5.785, 5.768, 5.768, 5.768, 5.768321))
+    assert not signals.summary(signals.per_step(uniform, None, 0), uniform, {"status": "done"})["diverged"]  # vocab unknown
+    assert signals.summary(signals.per_step(uniform, None, 0), uniform, {"status": "done"}, vocab_size=320)["diverged"]
+    lucky = metrics([3.0] * 99 + [1.5], [1.0] * 100, val=(5.78, 3.2, 3.1, 3.05, 3.0))  # one easy batch is not "its best"
+    assert not signals.summary(signals.per_step(lucky, None, 0), lucky, {"status": "done"})["diverged"]
     noisy = metrics([3.0] * 8, [1.0] * 8, val=(5.7824, 2.93, 3.11, 3.02))  # HC at lr 0.03: worse than its best, not blown up
     assert not signals.summary(signals.per_step(noisy, None, 0), noisy, {"status": "done"})["diverged"]
 
