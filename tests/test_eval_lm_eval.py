@@ -110,3 +110,17 @@ def test_lm_eval_cli_scores_a_run_once_the_hook_is_installed(trained, tmp_path):
     purelib = sysconfig.get_paths()["purelib"]
     without = run_cli([sys.executable, "-S", str(script)], f"{ROOT}{os.pathsep}{purelib}")
     assert without.returncode != 0 and "no model for this name found" in without.stderr, without.stderr[-2000:]
+
+
+def test_the_start_up_hook_imports_nothing_of_ours_until_lm_eval_loads_its_registry(tmp_path):
+    """A grid job imports the code frozen at submit time: a `harness` already imported from the
+    live checkout at interpreter start-up would silently replace it."""
+    site, boot = tmp_path / "site", tmp_path / "boot"
+    assert main(["lm-eval-model", "install", "--site-dir", str(site)]) == 0
+    boot.mkdir()
+    (boot / "sitecustomize.py").write_text(f"import site\nsite.addsitedir({str(site)!r})\n")
+    probe = ("import sys; print('harness' in sys.modules); import lm_eval.api.registry as r, lm_eval.models; "
+             "print('mhc-bench' in r.model_registry)")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": f"{boot}{os.pathsep}{ROOT}"},
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "True"], out.stdout + out.stderr[-2000:]

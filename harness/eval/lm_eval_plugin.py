@@ -8,12 +8,14 @@ is built). What does run before its CLI is the interpreter's start-up, which exe
 `import` lines of the `.pth` files in site-packages. So:
 
 - `install()` (`mhc-bench lm-eval-model install`, which `make` runs) writes PTH_NAME into
-  site-packages: one line that imports this module, silently doing nothing when the project is
-  not importable;
-- importing this module costs nothing (it imports neither lm-eval nor torch): it puts a finder
-  on `sys.meta_path` that, right after `lm_eval.api.registry` has been executed, registers
-  "mhc-bench" as a lazy "module:Class" entry, which lm-eval resolves (importing the adapter)
-  only when that model is asked for.
+  site-packages: one line that puts a tiny finder (HOOK) on `sys.meta_path` and imports
+  nothing. It must not import `harness`: a grid job imports the code frozen at submit time,
+  which only works if no `harness` from the live checkout is in `sys.modules` already.
+- When `lm_eval.api.registry` is about to be imported, the finder imports this module
+  (silently doing nothing when the project is not importable) and wraps the registry's loader
+  so that, right after it has been executed, "mhc-bench" is registered as a lazy
+  "module:Class" entry, which lm-eval resolves (importing the adapter) only when that model
+  is asked for.
 
 The tasks are those `mhc-bench eval` rendered for the run: `--include_path RUN_DIR/eval/tasks
 --tasks mhc_gsm8k`, with HF_DATASETS_OFFLINE=1 as everything here is offline.
@@ -30,8 +32,20 @@ REGISTRY_MODULE = "lm_eval.api.registry"
 MODEL_NAME = "mhc-bench"
 TARGET = "harness.eval.adapter:MhcBenchLM"  # what @register_model on the class also registers
 PTH_NAME = "mhc_bench_lm_eval.pth"  # sorts after setuptools' __editable__ hook, which makes `harness` importable
-PTH_LINE = ('import sys; exec("try:\\n import harness.eval.lm_eval_plugin as p\\n p.activate()\\n'
-            'except Exception:\\n pass")\n')
+HOOK = """
+class _MhcBenchLmEval:
+    def find_spec(self, name, path=None, target=None):
+        if name != "lm_eval.api.registry":
+            return None
+        sys.meta_path.remove(self)
+        try:
+            import harness.eval.lm_eval_plugin as plugin
+        except Exception:
+            return None
+        return plugin.registry_spec(name, path)
+sys.meta_path.insert(0, _MhcBenchLmEval())
+"""
+PTH_LINE = f"import sys; exec({HOOK!r})\n"  # a .pth runs only lines that start with `import`
 
 
 def register() -> None:
@@ -61,6 +75,15 @@ class _RegisterAfter(importlib.abc.Loader):
         return getattr(self.loader, name)
 
 
+def registry_spec(name: str, path=None):
+    """The spec of lm-eval's registry module with its loader wrapped to register() after it."""
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    if spec is None or spec.loader is None:
+        return None
+    spec.loader = _RegisterAfter(spec.loader)
+    return spec
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     """Sees lm-eval's registry module being imported, once, and wraps its loader."""
 
@@ -68,11 +91,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         if name != REGISTRY_MODULE:
             return None
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _RegisterAfter(spec.loader)
-        return spec
+        return registry_spec(name, path)
 
 
 def activate() -> None:
