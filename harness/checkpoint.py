@@ -7,7 +7,8 @@ as one clear error rather than a stack trace.
 
 `checkpoint.pt` is always the newest, the one resume, eval and export read. With
 `train.keep_checkpoints` N > 1 the N - 1 before it stay beside it as `checkpoint-<step>.pt`
-(hard links where the filesystem allows: no copy of the bytes); older ones are deleted only
+(hard links where the filesystem allows: no copy of the bytes, and safe because a checkpoint
+file is only ever replaced by a rename, never written in place); older ones are deleted only
 once the new checkpoint is whole on disk.
 """
 
