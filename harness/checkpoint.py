@@ -4,10 +4,18 @@ A checkpoint holds the model and optimiser state, the RNG states and the step. T
 position needs no state of its own: batches are a pure function of (seed, step). Files are
 loaded with `weights_only=True` only (no pickled code runs), and a damaged file is reported
 as one clear error rather than a stack trace.
+
+`checkpoint.pt` is always the newest, the one resume, eval and export read. With
+`train.keep_checkpoints` N > 1 the N - 1 before it stay beside it as `checkpoint-<step>.pt`
+(hard links where the filesystem allows: no copy of the bytes, and safe because a checkpoint
+file is only ever replaced by a rename, never written in place); older ones are deleted only
+once the new checkpoint is whole on disk.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -19,10 +27,18 @@ FORMAT_VERSION = 2  # 2: mixing α are 1-element vectors (were 0-d scalars; FSDP
 READABLE_VERSIONS = (1, 2)
 CHECKPOINT_NAME = "checkpoint.pt"
 REQUIRED_KEYS = ("format_version", "step", "tokens", "model", "optimizer", "rng_cpu", "config")
+_KEPT = re.compile(r"checkpoint-(\d+)\.pt")
 
 
-def save_checkpoint(path: Path, *, step: int, tokens: int, model_state: dict, optimizer_state: dict, config: dict) -> None:
-    """Write the state dicts (whole, not sharded: see harness/fsdp.py) with the RNG states."""
+def save_checkpoint(path: Path, *, step: int, tokens: int, model_state: dict, optimizer_state: dict, config: dict,
+                    keep: int = 1, previous_step: int | None = None) -> None:
+    """Write the state dicts (whole, not sharded: see harness/fsdp.py) with the RNG states.
+
+    `keep` > 1 keeps the checkpoint `path` held (at `previous_step`) as `checkpoint-<step>.pt`
+    before replacing it, then deletes all but the newest `keep` - 1 of those."""
+    path = Path(path)
+    if keep > 1 and previous_step is not None and previous_step != step and path.is_file():
+        _keep_as(path, kept_path(path, previous_step))
     state = {
         "format_version": FORMAT_VERSION,
         "step": step,
@@ -42,6 +58,42 @@ def save_checkpoint(path: Path, *, step: int, tokens: int, model_state: dict, op
             if (cause := _write_error(e)) is None:
                 raise
             raise cause from None  # torch's writer failed closing the zip after the write failed
+    prune_checkpoints(path, keep)  # only now: the new checkpoint is whole
+
+
+def kept_path(path: Path, step: int) -> Path:
+    return Path(path).with_name(f"checkpoint-{step:08d}.pt")
+
+
+def kept_checkpoints(path: Path) -> list[tuple[int, Path]]:
+    """(step, file) of the older checkpoints kept beside `path`, oldest first."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return []
+    found = ((_KEPT.fullmatch(p.name), p) for p in folder.iterdir())
+    return sorted((int(m.group(1)), p) for m, p in found if m)
+
+
+def prune_checkpoints(path: Path, keep: int) -> list[Path]:
+    """Delete the kept checkpoints beyond the newest `keep` - 1 (`path` itself is the newest);
+    returns those deleted."""
+    kept = kept_checkpoints(path)
+    gone = [p for _, p in kept[:max(0, len(kept) - (keep - 1))]]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
+
+
+def _keep_as(path: Path, target: Path) -> None:
+    """`target` becomes the file `path` is now, whole or not at all (a hard link, else a copy)."""
+    with atomic_path(target) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # a filesystem without hard links
+            import shutil
+
+            shutil.copyfile(path, tmp)
 
 
 def _write_error(e: BaseException) -> OSError | None:

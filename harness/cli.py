@@ -5,6 +5,7 @@
     mhc-bench config  --preset tiny --set model.d_model=128     (print the resolved config)
     mhc-bench variants                                          (list registered variants)
     mhc-bench diagnose RUN_DIR                                  (Amax gains etc. of a checkpoint)
+    mhc-bench export RUN_DIR OUT [--force]                      (safetensors weights + config + tokenizer)
     mhc-bench grid plan|submit|status|collect FILE              (ablation grids, local or SLURM)
     mhc-bench sweep FILE / sweep best FILE                      (Optuna per variant; best settings as a grid)
     mhc-bench eval / table / report / publish / bench / demo    (see README.md)
@@ -100,6 +101,14 @@ def cmd_diagnose(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from harness.export import export_run
+
+    out = export_run(args.run_dir, args.out, force=args.force)
+    print(f"exported: {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from harness.report import build_report
 
@@ -145,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spans", choices=("paper", "all"), default="paper", help="composite spans: prefixes/suffixes/single layers, or every span")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=cmd_diagnose)
+
+    p = sub.add_parser("export", help="a run's newest checkpoint as a folder of safetensors weights, config.json and tokenizer")
+    p.add_argument("run_dir", help="a run folder, e.g. runs/tiny-mhc-<hash>")
+    p.add_argument("out", help="the folder to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="benchmarks: `bench model` (training-step cost per variant), `bench kernels` (fused ops vs the copy ceiling)")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")

@@ -69,6 +69,8 @@ class TrainConfig:
     eval_every: int = doc("validation every N steps (0 = only at the end)", 20)
     eval_batches: int = doc("validation micro-batches per evaluation (fixed, same every time)", 4)
     checkpoint_every: int = doc("write a checkpoint every N steps (0 = only at the end)", 20)
+    keep_checkpoints: int = doc("checkpoints kept: checkpoint.pt (the newest, which resume uses) and the N - 1 before it "
+                                "as checkpoint-<step>.pt", 1)
     device: str = doc("'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1', ...", "auto")
     dtype: str = doc("autocast dtype; 'auto' = bf16 on CUDA, fp32 on CPU", "auto", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = doc("torch.compile the model", False)
@@ -120,6 +122,8 @@ class Config:
         for name in ("eval_every", "checkpoint_every", "stop_after", "threads", "recompute_block"):
             if getattr(t, name) < 0:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(t, name)}")
+        if t.keep_checkpoints < 1:
+            raise UserError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
         if t.log_every < 1:
             raise UserError(f"train.log_every must be >= 1, got {t.log_every}")
         if o.lr <= 0:

@@ -40,7 +40,8 @@ LATER_VARIANT_DEFAULTS = {"precision": "tf32"}
 # never part of its id. (The run section and the preset name are left out too: where a run
 # lives and what it started from are not what it is.)
 EXECUTION_ONLY = frozenset({"train.threads", "train.stop_after", "train.parallel", "train.log_every",
-                            "train.recompute", "train.recompute_block", "data.data_root", "data.cache_dir"})
+                            "train.recompute", "train.recompute_block", "train.keep_checkpoints",
+                            "data.data_root", "data.cache_dir"})
 
 
 @lru_cache(maxsize=None)
@@ -98,7 +99,7 @@ def legacy_hash(cfg, machine_paths: bool = True) -> str:
         d["data"]["data_root"] = d["data"]["cache_dir"] = ""
     d.pop("run")
     d.pop("preset")
-    for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block"):
+    for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block", "keep_checkpoints"):
         d["train"].pop(k, None)
     d["variant"] = legacy_variant_section(cfg.variant)
     blob = json.dumps(d, sort_keys=True, default=str).encode()

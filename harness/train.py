@@ -345,7 +345,8 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
             diagnostics.flush()
             signals.write(run)
             save_checkpoint(run.checkpoint, step=step, tokens=tokens, model_state=model_state,
-                            optimizer_state=optim_state, config=cfg.to_dict())
+                            optimizer_state=optim_state, config=cfg.to_dict(),
+                            keep=t.keep_checkpoints, previous_step=where.checkpoint_step)
         where.checkpoint_step = step
 
     def validate():
