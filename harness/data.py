@@ -16,6 +16,7 @@ import dataclasses
 import fcntl
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -213,33 +214,58 @@ def _json_texts(text: str, path: Path, field: str = "text") -> list[str]:
 # ---------------------------------------------------------------------- the split
 @dataclass
 class _Split:
-    train: list[str]
+    train: list[str] | _Stream  # streamed when validation files are named; the split is then known without reading
     val: list[str]
     labels: dict[str, str]  # file name -> "train", "val" or "train+val"
-    train_bytes: int
-    truncated: bool
+    train_bytes: int | None  # None for a stream until it has been read
+    truncated: bool | None
 
 
 def _val_names(cfg) -> list[str]:
     return sorted({v.strip() for v in cfg.data.val_files.split(",") if v.strip()})
 
 
-def _cap(docs: Iterable[str], max_bytes: int) -> tuple[list[str], int, bool]:
-    """Documents until `max_bytes` UTF-8 bytes (0 = all); the last one is cut to fit.
+def _capped(docs: Iterable[str], max_bytes: int, stats: dict) -> Iterator[str]:
+    """Documents until `max_bytes` UTF-8 bytes (0 = all); the last one is cut to fit. `stats`
+    counts what was given ("docs", "bytes") and whether the cap cut ("truncated").
 
     Taking a lazy iterator means files past the cap are never even opened."""
-    out, total = [], 0
+    stats.update(docs=0, bytes=0, truncated=False)
     for doc in docs:
         size = len(doc.encode("utf-8"))
-        if max_bytes and total + size > max_bytes:
-            cut = doc.encode("utf-8")[: max_bytes - total].decode("utf-8", errors="ignore")  # drop a split character
+        if max_bytes and stats["bytes"] + size > max_bytes:
+            cut = doc.encode("utf-8")[: max_bytes - stats["bytes"]].decode("utf-8", errors="ignore")  # drop a split character
+            stats["truncated"] = True
             if cut.strip():
-                out.append(cut)
-                total += len(cut.encode("utf-8"))
-            return out, total, True
-        out.append(doc)
-        total += size
-    return out, total, False
+                stats["docs"] += 1
+                stats["bytes"] += len(cut.encode("utf-8"))
+                yield cut
+            return
+        stats["docs"] += 1
+        stats["bytes"] += size
+        yield doc
+
+
+def _cap(docs: Iterable[str], max_bytes: int) -> tuple[list[str], int, bool]:
+    """`_capped` as a list, with its byte count and whether it was cut."""
+    stats: dict = {}
+    out = list(_capped(docs, max_bytes, stats))
+    return out, stats["bytes"], stats["truncated"]
+
+
+class _Stream:
+    """Training documents read from their files again on each pass (BPE training, then
+    tokenizing) and never held in memory; data.max_bytes cuts every pass alike. `stats` is
+    that of the last complete pass."""
+
+    def __init__(self, paths: list[Path], text_field: str, max_bytes: int):
+        self.paths, self.text_field, self.max_bytes = paths, text_field, max_bytes
+        self.stats: dict = {}
+
+    def __iter__(self) -> Iterator[str]:
+        stats: dict = {}
+        yield from _capped(_docs_of(self.paths, self.text_field), self.max_bytes, stats)
+        self.stats = stats
 
 
 def _docs_of(paths: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -263,9 +289,9 @@ def split_documents(cfg, corpus: Path, files: list[tuple[str, Path]]) -> _Split:
         if not train_files:
             raise UserError(f"every file of {corpus} is in data.val_files; leave at least one for training")
         val = list(_docs_of([p for n, p in files if n in val_names], cfg.data.text_field))
-        train, nbytes, truncated = _cap(_docs_of([p for _, p in train_files], cfg.data.text_field), cfg.data.max_bytes)
+        train = _Stream([p for _, p in train_files], cfg.data.text_field, cfg.data.max_bytes)
         labels = {n: "val" if n in val_names else "train" for n in names}
-        return _Split(train, val, labels, nbytes, truncated)
+        return _Split(train, val, labels, None, None)
     per_file = [(n, read_documents(p, cfg.data.text_field)) for n, p in files]
     docs = [d for _, ds in per_file for d in ds]
     if len(docs) == 1 and len(docs[0]) > 1:
@@ -448,19 +474,25 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
     """Write train.bin, val.bin, meta.json (and tokenizer.json for BPE) into `out`; returns the meta."""
     t0 = time.perf_counter()
     split = split_documents(cfg, corpus, files)
-    mb = split.train_bytes / 1e6
+    streamed = isinstance(split.train, _Stream)
     if cfg.data.tokenizer == "bpe":
-        log(f"data: training a {cfg.data.vocab_size}-token BPE on {mb:.1f} MB of {corpus.name} (training split only)")
-        tok = BPETokenizer.train(split.train, cfg.data.vocab_size, length=len(split.train))
+        size = f"the training files of {corpus.name}" if streamed else f"{split.train_bytes / 1e6:.1f} MB of {corpus.name}"
+        log(f"data: training a {cfg.data.vocab_size}-token BPE on {size} (training split only)")
+        tok = BPETokenizer.train(split.train, cfg.data.vocab_size, length=None if streamed else len(split.train))
         tok.save(out / "tokenizer.json")
     elif is_tokenizer_file(cfg.data.tokenizer):
         tok = _copy_tokenizer(cfg, out)
     else:
         tok = ByteTokenizer()
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    log(f"data: tokenizing {len(split.train) + len(split.val):,} documents of {corpus.name} with the {tok.kind} tokenizer")
+    docs = f"the training files and {len(split.val):,} validation documents" if streamed else f"{len(split.train) + len(split.val):,} documents"
+    log(f"data: tokenizing {docs} of {corpus.name} with the {tok.kind} tokenizer")
     train_tokens = _write_tokens(out / "train.bin", tok, split.train, dtype)
     val_tokens = _write_tokens(out / "val.bin", tok, split.val, dtype)
+    if streamed:
+        train_docs, split.train_bytes, split.truncated = split.train.stats["docs"], split.train.stats["bytes"], split.train.stats["truncated"]
+    else:
+        train_docs = len(split.train)
     val_bytes = sum(len(d.encode("utf-8")) for d in split.val)
     meta = {
         "format": FORMAT,
@@ -470,7 +502,7 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
         "eot_id": tok.eot_id,
         "train_tokens": train_tokens,
         "val_tokens": val_tokens,
-        "train_docs": len(split.train),
+        "train_docs": train_docs,
         "val_docs": len(split.val),
         "train_bytes": split.train_bytes,
         "val_bytes": val_bytes,
@@ -662,12 +694,13 @@ def _open_pretokenized(path: Path, meta: dict) -> PreparedData:
     return PreparedData(path, tok, arrays["train"], arrays["val"], meta)
 
 
-def _write_tokens(path: Path, tok, docs: list[str], dtype, chunk: int = 256) -> int:
-    """Write the documents' tokens, an end-of-text before each, to a flat file; returns the count."""
+def _write_tokens(path: Path, tok, docs: Iterable[str], dtype, chunk: int = 256) -> int:
+    """Write the documents' tokens, an end-of-text before each, to a flat file; returns the count.
+    The documents are taken `chunk` at a time, so a stream of them is never held whole."""
     count = 0
+    docs = iter(docs)
     with open(path, "wb") as f:
-        for start in range(0, len(docs), chunk):
-            batch = docs[start : start + chunk]
+        while batch := list(itertools.islice(docs, chunk)):
             if isinstance(tok, ByteTokenizer):
                 pieces = [tok.encode_array(d) for d in batch]
             else:

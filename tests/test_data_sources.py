@@ -253,3 +253,32 @@ def test_new_data_fields_change_no_existing_id():
         assert (legacy_hash(cfg), legacy_hash(cfg, machine_paths=False), run_id(cfg)) == (legacy, legacy, current)
         changed = apply_overrides(get_preset(preset), ["variant.name=mhc", "data.text_field=content"])
         assert run_id(changed) != current and legacy_hash(changed) != legacy
+
+
+# ---------------------------------------------------------------------- streaming
+def test_with_validation_files_named_the_training_text_is_streamed(tmp_path, monkeypatch):
+    """Only the validation files are read up front; the training files are read as they are
+    tokenized, a chunk at a time, and data.max_bytes still cuts them."""
+    from harness import data
+
+    corpus = tmp_path / "pq"
+    corpus.mkdir()
+    docs = [doc_text(i) for i in range(12)]
+    for i in range(3):
+        write_parquet(corpus / f"{i:03d}.parquet", docs[4 * i : 4 * i + 4])
+    cfg = make_cfg(tmp_path, corpus, tokenizer="byte", val_files="002.parquet", max_bytes=sum(len(d.encode()) for d in docs[:5]) + 7)
+    opened = []
+    real = data.iter_documents
+    monkeypatch.setattr(data, "iter_documents", lambda p, f="text": (opened.append(p.name), real(p, f))[1])
+    split = data.split_documents(cfg, corpus, corpus_files(corpus))
+    assert opened == ["002.parquet"] and split.val == docs[8:]
+    batches = []
+    real_write = data._write_tokens
+    monkeypatch.setattr(data, "_write_tokens", lambda path, tok, d, dtype: real_write(path, tok, d, dtype, chunk=2))
+    monkeypatch.setattr(data, "iter_documents", lambda p, f="text": (batches.append(p.name), real(p, f))[1])
+    prepared = prepare(cfg, log=lambda _: None)
+    assert batches == ["002.parquet", "000.parquet", "001.parquet"]  # val, then train as it is tokenized
+    meta = prepared.meta
+    assert meta["train_bytes"] == cfg.data.max_bytes and meta["truncated_by_max_bytes"] and meta["train_docs"] == 6
+    tokens = np.asarray(prepared.train)
+    assert bytes(tokens[tokens != 256].astype(np.uint8)).decode() == "".join(docs[:5]) + docs[5][:7]
