@@ -5,9 +5,10 @@ one row group at a time) into two flat token files (`train.bin`, `val.bin`) plus
 `meta.json`, cached under a name hashed from everything that changes the tokens, so a grid
 of runs tokenizes once. A corpus of pre-tokenized .bin shards (nanoGPT, modded-nanogpt) is
 not copied: it is checked once (header, length, every id below the vocabulary), the check is
-cached as a `meta.json` naming the shards, and runs memory-map the shards themselves. `Batches` draws sequences at offsets that depend only on
-(seed, step, micro-batch): a resumed run sees exactly the batches it would have seen, and
-every run is validated on the same tokens whatever its variant or seed.
+cached as a `meta.json` naming the shards, and runs memory-map the shards themselves.
+`Batches` draws sequences at offsets that depend only on (seed, step, micro-batch): a resumed
+run sees exactly the batches it would have seen, and every run is validated on the same tokens
+whatever its variant or seed.
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ VAL_SEED = 0x7A11DA7E  # validation offsets: fixed, so every run is scored on th
 _DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.S)
 _DOC_START = re.compile(r"^<doc\b", re.M)
 MODDED_MAGIC, MODDED_VERSION, MODDED_HEADER_INTS = 20240520, 1, 256  # modded-nanogpt's .bin header
-TEXT_FORMATS = ("txt", "jsonl", "json", "parquet")
 
 
 def _stderr(msg: str) -> None:
@@ -175,9 +175,10 @@ def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
         if text_field not in columns:
             shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
             raise UserError(f"{path} has no column {text_field!r} (it has: {shown}); set data.text_field to the text column")
-        if not (pa.types.is_string(pf.schema_arrow.field(text_field).type) or pa.types.is_large_string(pf.schema_arrow.field(text_field).type)):
-            raise UserError(f"{path}: column {text_field!r} holds {pf.schema_arrow.field(text_field).type}, not text; "
-                            "set data.text_field to the text column")
+        kind = pf.schema_arrow.field(text_field).type
+        is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind)):
+            raise UserError(f"{path}: column {text_field!r} holds {kind}, not text; set data.text_field to the text column")
         for group in range(pf.num_row_groups):
             for doc in pf.read_row_group(group, columns=[text_field]).column(0).to_pylist():
                 if doc and doc.strip():

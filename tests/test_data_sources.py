@@ -75,6 +75,8 @@ def test_parquet_without_the_column_or_corrupt_is_one_error_naming_it(tmp_path, 
     err = cli_error(capsys, cfg)
     assert len(err) == 1 and err[0].startswith("mhc-bench: error: ")
     assert str(corpus / "a.parquet") in err[0] and "no column 'text'" in err[0] and "body, id" in err[0], err
+    err = cli_error(capsys, cfg, "data.text_field=id")
+    assert len(err) == 1 and "column 'id' holds int64, not text" in err[0], err
     (corpus / "a.parquet").write_bytes(b"PAR1" + bytes(range(200)) + b"PAR1")
     err = cli_error(capsys, cfg, "data.text_field=body")
     assert len(err) == 1 and "a.parquet is not a readable Parquet file" in err[0], err
