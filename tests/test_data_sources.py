@@ -284,3 +284,21 @@ def test_with_validation_files_named_the_training_text_is_streamed(tmp_path, mon
     assert meta["train_bytes"] == cfg.data.max_bytes and meta["truncated_by_max_bytes"] and meta["train_docs"] == 6
     tokens = np.asarray(prepared.train)
     assert bytes(tokens[tokens != 256].astype(np.uint8)).decode() == "".join(docs[:5]) + docs[5][:7]
+
+
+def test_a_run_trained_with_a_tokenizer_file_loads_for_evaluation_with_it(tmp_path):
+    from harness.eval.loading import load_run
+    from harness.train import train
+
+    tok_path = tokenizer_file(tmp_path)
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": doc_text(i, 200)}) + "\n" for i in range(20)))
+    cfg = make_cfg(tmp_path, corpus, tokenizer=str(tok_path))
+    cfg = apply_overrides(cfg, ["train.steps=2", "train.eval_every=0", "train.diag_every=0", "train.device=cpu",
+                                "run.progress=off"])
+    result = train(cfg)
+    loaded = load_run(result.run_dir, device="cpu")
+    tok = FileTokenizer.load(tok_path)
+    assert loaded.tokenizer.kind == "file" and loaded.tokenizer.eot_id == tok.eot_id
+    assert loaded.tokenizer.encode(doc_text(99)) == tok.encode(doc_text(99))
+    assert loaded.model.wte.num_embeddings == -(-tok.vocab_size // 64) * 64  # sized by the tokenizer file
