@@ -43,7 +43,7 @@ class DataConfig:
     tokenizer: str = doc("bpe (trained on the training split), byte, or the path of a Hugging Face tokenizer.json used as it is", "bpe")
     vocab_size: int = doc("BPE vocabulary size (ignored for the byte tokenizer and a tokenizer file)", 8192)
     text_field: str = doc("the text's key in .jsonl/.json objects and its column in .parquet files", "text")
-    shard_format: str = doc("layout of pre-tokenized .bin shards: modded-nanogpt (256 x int32 header) or nanogpt (raw uint16)",
+    shard_format: str = doc("layout of pre-tokenized .bin shards: modded-nanogpt has a 256 x int32 header, nanogpt is raw uint16",
                             "modded-nanogpt", choices=("modded-nanogpt", "nanogpt"))
     shard_vocab_size: int = doc(".bin shards' vocabulary; 0 = the tokenizer file's, else vocab_size in a meta.json beside them", 0)
     max_bytes: int = doc("read at most this many bytes of training text (0 = all); for quick tests", 0)
