@@ -30,7 +30,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help="named preset: tiny, small, gpt-s, gpt-m, gpt-l (default: tiny)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set model.d_model=256 (repeatable; see `mhc-bench config`)")
-    p.add_argument("--data-dir", help="your own training text (folder or file of .txt/.jsonl[.gz]); same as --set data.corpus=PATH")
+    p.add_argument("--data-dir", help="your own training data (folder or file of .txt/.jsonl[.gz], .parquet or .bin token shards); same as --set data.corpus=PATH")
     p.add_argument("--runs-dir", help="where run folders go (default: runs/); same as --set run.runs_dir=PATH")
 
 

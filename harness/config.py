@@ -36,11 +36,16 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data_root: str = doc("shared data folder; '' = $MHC_BENCH_DATA, else ../shared/data beside the project", "")
-    corpus: str = doc("training text: a folder or file of .txt/.jsonl (optionally .gz), or a name under <data_root>/corpus", "wikipedia_en_2015")
+    corpus: str = doc("training data: a folder or file of .txt/.jsonl/.json (optionally .gz), .parquet, or pre-tokenized .bin "
+                      "shards; or a name under <data_root>/corpus", "wikipedia_en_2015")
     val_files: str = doc("comma-separated corpus files held out for validation; '' = the last val_fraction of documents", "wiki_48.gz,wiki_49.gz")
     val_fraction: float = doc("share of documents held out when val_files is ''", 0.05)
-    tokenizer: str = doc("tokenizer trained/used for the shards", "bpe", choices=("bpe", "byte"))
-    vocab_size: int = doc("BPE vocabulary size (ignored for the byte tokenizer)", 8192)
+    tokenizer: str = doc("bpe (trained on the training split), byte, or the path of a Hugging Face tokenizer.json used as it is", "bpe")
+    vocab_size: int = doc("BPE vocabulary size (ignored for the byte tokenizer and a tokenizer file)", 8192)
+    text_field: str = doc("the text's key in .jsonl/.json objects and its column in .parquet files", "text")
+    shard_format: str = doc("layout of pre-tokenized .bin shards: modded-nanogpt has a 256 x int32 header, nanogpt is raw uint16",
+                            "modded-nanogpt", choices=("modded-nanogpt", "nanogpt"))
+    shard_vocab_size: int = doc(".bin shards' vocabulary; 0 = the tokenizer file's, else vocab_size in a meta.json beside them", 0)
     max_bytes: int = doc("read at most this many bytes of training text (0 = all); for quick tests", 0)
     cache_dir: str = doc("where token shards and tokenizers are cached; '' = <run.runs_dir>/data", "")
 
@@ -138,6 +143,15 @@ class Config:
             )
         if not 0 < self.data.val_fraction < 1:
             raise UserError(f"data.val_fraction must be in (0, 1), got {self.data.val_fraction}")
+        if not self.data.tokenizer.strip():
+            raise UserError("data.tokenizer is empty; set it to bpe, byte, or the path of a tokenizer.json")
+        if self.data.tokenizer not in ("bpe", "byte") and not self.data.tokenizer.endswith(".json"):
+            raise UserError(f"data.tokenizer={self.data.tokenizer!r} is not bpe, byte or a path ending in .json "
+                            "(a Hugging Face tokenizer.json)" + did_you_mean(self.data.tokenizer, ("bpe", "byte")))
+        if not self.data.text_field:
+            raise UserError("data.text_field is empty; name the key/column that holds the text (e.g. text)")
+        if self.data.shard_vocab_size < 0:
+            raise UserError(f"data.shard_vocab_size must be >= 0, got {self.data.shard_vocab_size}")
         if self.data.tokenizer == "bpe" and not 256 < self.data.vocab_size < 2**32:
             raise UserError(f"data.vocab_size must be > 256 for BPE, got {self.data.vocab_size}")
         if self.variant.n_streams < 0:

@@ -1,10 +1,14 @@
 """Corpus reading, train/val split, cached token shards, and deterministic batches.
 
-`prepare(cfg)` turns a text corpus into two flat token files (`train.bin`, `val.bin`) plus a
+`prepare(cfg)` turns a text corpus (.txt, .jsonl, .json, optionally gzipped, or .parquet read
+one row group at a time) into two flat token files (`train.bin`, `val.bin`) plus a
 `meta.json`, cached under a name hashed from everything that changes the tokens, so a grid
-of runs tokenizes once. `Batches` draws sequences at offsets that depend only on
-(seed, step, micro-batch): a resumed run sees exactly the batches it would have seen, and
-every run is validated on the same tokens whatever its variant or seed.
+of runs tokenizes once. A corpus of pre-tokenized .bin shards (nanoGPT, modded-nanogpt) is
+not copied: it is checked once (header, length, every id below the vocabulary), the check is
+cached as a `meta.json` naming the shards, and runs memory-map the shards themselves.
+`Batches` draws sequences at offsets that depend only on (seed, step, micro-batch): a resumed
+run sees exactly the batches it would have seen, and every run is validated on the same tokens
+whatever its variant or seed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import fcntl
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -30,13 +35,21 @@ import torch
 
 from harness.atomic import make_dirs, remove_empty_dirs
 from harness.errors import UserError
-from harness.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+from harness.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    FileTokenizer,
+    NoTokenizer,
+    is_tokenizer_file,
+    load_tokenizer,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FORMAT = 1  # bump when the shard layout or reading rules change: old caches are then ignored
 VAL_SEED = 0x7A11DA7E  # validation offsets: fixed, so every run is scored on the same tokens
 _DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.S)
 _DOC_START = re.compile(r"^<doc\b", re.M)
+MODDED_MAGIC, MODDED_VERSION, MODDED_HEADER_INTS = 20240520, 1, 256  # modded-nanogpt's .bin header
 
 
 def _stderr(msg: str) -> None:
@@ -73,11 +86,13 @@ def _open_text(path: Path):
 
 
 def _format(path: Path) -> str | None:
-    """'txt', 'jsonl' or 'json' from the name (a .gz is looked through), else None.
+    """'txt', 'jsonl', 'json' (a .gz is looked through), 'parquet' or 'bin' from the name, else None.
 
     Extensionless files count as text only when they start with a <doc> tag: WikiExtractor
     names its output wiki_00, while a README beside the corpus must not become training text.
     """
+    if path.suffix in (".parquet", ".bin"):
+        return path.suffix[1:]
     inner = path.name[:-3] if path.name.endswith(".gz") else path.name
     suffix = Path(inner).suffix
     if suffix in (".txt", ".jsonl", ".json"):
@@ -92,7 +107,9 @@ def _format(path: Path) -> str | None:
 
 
 def corpus_files(corpus: Path) -> list[tuple[str, Path]]:
-    """(name, path) of the corpus's text files in sorted order; name is relative to the folder."""
+    """(name, path) of the corpus's files in sorted order; name is relative to the folder.
+
+    A folder holding .bin shards is a pre-tokenized corpus: only the shards are its files."""
     if corpus.is_file():
         return [(corpus.name, corpus)]
     files = sorted(
@@ -101,89 +118,160 @@ def corpus_files(corpus: Path) -> list[tuple[str, Path]]:
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(corpus).parts) and _format(p)
     )
     if not files:
-        raise UserError(f"no .txt/.jsonl/.json files (optionally .gz) in {corpus}; point data.corpus at a folder or file of text")
-    return files
+        raise UserError(f"no .txt/.jsonl/.json (optionally .gz), .parquet or .bin files in {corpus}; "
+                        "point data.corpus at a folder or file of text, Parquet or token shards")
+    shards = [(n, p) for n, p in files if _format(p) == "bin"]
+    # a folder of shards is read as one: nanoGPT keeps input.txt and a meta.json/.pkl beside them
+    return shards or files
 
 
-def read_documents(path: Path) -> list[str]:
-    """The non-empty documents of one file: one per <doc> (WikiExtractor), per file (plain
-    text), per line (.jsonl, key "text"), or per item (.json: a list, or one {"text": ...})."""
+def read_documents(path: Path, text_field: str = "text") -> list[str]:
+    """The non-empty documents of one file (see `iter_documents`)."""
+    return list(iter_documents(path, text_field))
+
+
+def iter_documents(path: Path, text_field: str = "text") -> Iterator[str]:
+    """The non-empty documents of one file, read as they are needed: one per <doc>
+    (WikiExtractor), per file (plain text), per line (.jsonl, key `text_field`), per item
+    (.json: a list, or one {text_field: ...}), or per row (.parquet, column `text_field`,
+    one row group at a time)."""
     fmt = _format(path) or "txt"
+    if fmt == "parquet":
+        yield from _parquet_texts(path, text_field)
+        return
+    if fmt == "bin":
+        raise UserError(f"{path} is a pre-tokenized shard, not text; a corpus is either text files or .bin shards")
     try:
         with _open_text(path) as f:
+            if fmt == "jsonl":  # line by line: a large (gzipped) JSONL file is never held whole
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        doc = _jsonl_text(line, path, n, text_field)
+                        if doc.strip():
+                            yield doc
+                return
             text = f.read()
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it or remove it from the corpus") from None
     except (OSError, EOFError) as e:
         raise UserError(f"cannot read {path}: {e}; fix or remove the file") from None
-    if fmt == "jsonl":
-        docs = [_jsonl_text(line, path, n) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
-    elif fmt == "json":
-        docs = _json_texts(text, path)
+    if fmt == "json":
+        docs = _json_texts(text, path, text_field)
     elif _DOC_START.search(text):
         docs = [m.group(1).strip("\n") for m in _DOC.finditer(text)]
     else:
         docs = [text]
-    return [d for d in docs if d.strip()]
+    yield from (d for d in docs if d.strip())
 
 
-def _jsonl_text(line: str, path: Path, n: int) -> str:
+def _parquet_texts(path: Path, text_field: str) -> Iterator[str]:
+    """The column `text_field` of a Parquet file, one row group in memory at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        columns = pf.schema_arrow.names
+        if text_field not in columns:
+            shown = ", ".join(columns[:12]) + (", ..." if len(columns) > 12 else "")
+            raise UserError(f"{path} has no column {text_field!r} (it has: {shown}); set data.text_field to the text column")
+        kind = pf.schema_arrow.field(text_field).type
+        is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind)):
+            raise UserError(f"{path}: column {text_field!r} holds {kind}, not text; set data.text_field to the text column")
+        for group in range(pf.num_row_groups):
+            for doc in pf.read_row_group(group, columns=[text_field]).column(0).to_pylist():
+                if doc and doc.strip():
+                    yield doc
+    except (OSError, pa.ArrowException) as e:  # pyarrow raises ArrowInvalid (an OSError too) on a corrupt file
+        first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise UserError(f"{path} is not a readable Parquet file ({first}); fix or remove it from the corpus") from None
+
+
+def _jsonl_text(line: str, path: Path, n: int, field: str = "text") -> str:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); each line must be an object with a \"text\" string") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        raise UserError(f"{path} line {n}: no \"text\" string; each line must be an object with a \"text\" string")
-    return obj["text"]
+        raise UserError(f"{path} line {n}: not valid JSON ({e.msg}); each line must be an object with a \"{field}\" string") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+        raise UserError(f"{path} line {n}: no \"{field}\" string; each line must be an object with a \"{field}\" string "
+                        "(data.text_field names the key)")
+    return obj[field]
 
 
-def _json_texts(text: str, path: Path) -> list[str]:
+def _json_texts(text: str, path: Path, field: str = "text") -> list[str]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); fix it or remove it from the corpus") from None
     items = obj if isinstance(obj, list) else [obj]
-    docs = [x if isinstance(x, str) else x.get("text") if isinstance(x, dict) else None for x in items]
+    docs = [x if isinstance(x, str) else x.get(field) if isinstance(x, dict) else None for x in items]
     if any(not isinstance(d, str) for d in docs):
-        raise UserError(f"{path}: expected a list of strings or of {{\"text\": ...}} objects, or one such object")
+        raise UserError(f"{path}: expected a list of strings or of {{\"{field}\": ...}} objects, or one such object "
+                        "(data.text_field names the key)")
     return docs
 
 
 # ---------------------------------------------------------------------- the split
 @dataclass
 class _Split:
-    train: list[str]
+    train: list[str] | _Stream  # streamed when validation files are named; the split is then known without reading
     val: list[str]
     labels: dict[str, str]  # file name -> "train", "val" or "train+val"
-    train_bytes: int
-    truncated: bool
+    train_bytes: int | None  # None for a stream until it has been read
+    truncated: bool | None
 
 
 def _val_names(cfg) -> list[str]:
     return sorted({v.strip() for v in cfg.data.val_files.split(",") if v.strip()})
 
 
-def _cap(docs: Iterable[str], max_bytes: int) -> tuple[list[str], int, bool]:
-    """Documents until `max_bytes` UTF-8 bytes (0 = all); the last one is cut to fit.
+def _capped(docs: Iterable[str], max_bytes: int, stats: dict) -> Iterator[str]:
+    """Documents until `max_bytes` UTF-8 bytes (0 = all); the last one is cut to fit. `stats`
+    counts what was given ("docs", "bytes") and whether the cap cut ("truncated").
 
     Taking a lazy iterator means files past the cap are never even opened."""
-    out, total = [], 0
+    stats.update(docs=0, bytes=0, truncated=False)
     for doc in docs:
         size = len(doc.encode("utf-8"))
-        if max_bytes and total + size > max_bytes:
-            cut = doc.encode("utf-8")[: max_bytes - total].decode("utf-8", errors="ignore")  # drop a split character
+        if max_bytes and stats["bytes"] + size > max_bytes:
+            cut = doc.encode("utf-8")[: max_bytes - stats["bytes"]].decode("utf-8", errors="ignore")  # drop a split character
+            stats["truncated"] = True
             if cut.strip():
-                out.append(cut)
-                total += len(cut.encode("utf-8"))
-            return out, total, True
-        out.append(doc)
-        total += size
-    return out, total, False
+                stats["docs"] += 1
+                stats["bytes"] += len(cut.encode("utf-8"))
+                yield cut
+            return
+        stats["docs"] += 1
+        stats["bytes"] += size
+        yield doc
 
 
-def _docs_of(paths: list[Path]) -> Iterator[str]:
+def _cap(docs: Iterable[str], max_bytes: int) -> tuple[list[str], int, bool]:
+    """`_capped` as a list, with its byte count and whether it was cut."""
+    stats: dict = {}
+    out = list(_capped(docs, max_bytes, stats))
+    return out, stats["bytes"], stats["truncated"]
+
+
+class _Stream:
+    """Training documents read from their files again on each pass (BPE training, then
+    tokenizing) and never held in memory; data.max_bytes cuts every pass alike. `stats` is
+    that of the last complete pass."""
+
+    def __init__(self, paths: list[Path], text_field: str, max_bytes: int):
+        self.paths, self.text_field, self.max_bytes = paths, text_field, max_bytes
+        self.stats: dict = {}
+
+    def __iter__(self) -> Iterator[str]:
+        stats: dict = {}
+        yield from _capped(_docs_of(self.paths, self.text_field), self.max_bytes, stats)
+        self.stats = stats
+
+
+def _docs_of(paths: list[Path], text_field: str = "text") -> Iterator[str]:
     for p in paths:
-        yield from read_documents(p)
+        yield from iter_documents(p, text_field)
 
 
 def split_documents(cfg, corpus: Path, files: list[tuple[str, Path]]) -> _Split:
@@ -201,11 +289,11 @@ def split_documents(cfg, corpus: Path, files: list[tuple[str, Path]]) -> _Split:
         train_files = [(n, p) for n, p in files if n not in val_names]
         if not train_files:
             raise UserError(f"every file of {corpus} is in data.val_files; leave at least one for training")
-        val = list(_docs_of([p for n, p in files if n in val_names]))
-        train, nbytes, truncated = _cap(_docs_of([p for _, p in train_files]), cfg.data.max_bytes)
+        val = list(_docs_of([p for n, p in files if n in val_names], cfg.data.text_field))
+        train = _Stream([p for _, p in train_files], cfg.data.text_field, cfg.data.max_bytes)
         labels = {n: "val" if n in val_names else "train" for n in names}
-        return _Split(train, val, labels, nbytes, truncated)
-    per_file = [(n, read_documents(p)) for n, p in files]
+        return _Split(train, val, labels, None, None)
+    per_file = [(n, read_documents(p, cfg.data.text_field)) for n, p in files]
     docs = [d for _, ds in per_file for d in ds]
     if len(docs) == 1 and len(docs[0]) > 1:
         # one plain-text file (a book, tinyshakespeare): hold out its tail, cut at a line break
@@ -234,16 +322,40 @@ class PreparedData:
     """Opened shards: token arrays are memory-mapped, so many runs share one page cache."""
 
     dir: Path
-    tokenizer: ByteTokenizer | BPETokenizer
-    train: np.memmap
-    val: np.memmap
+    tokenizer: ByteTokenizer | BPETokenizer | FileTokenizer | NoTokenizer
+    train: np.memmap | TokenStream
+    val: np.memmap | TokenStream
     meta: dict
 
 
+def _pretokenized(files: list[tuple[str, Path]]) -> bool:
+    return _format(files[0][1]) == "bin"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tokenizer_file(cfg) -> Path:
+    """data.tokenizer as a path (absolute or relative to cwd); missing is one clear error."""
+    path = Path(cfg.data.tokenizer).expanduser().resolve()
+    if not path.is_file():
+        raise UserError(f"tokenizer file {path} not found; set data.tokenizer to a tokenizer.json "
+                        "(Hugging Face `tokenizers` format), or to bpe / byte")
+    return path
+
+
 def _cache_key(cfg, corpus: Path, files: list[tuple[str, Path]]) -> dict:
-    """Everything that changes the tokens, and nothing else (so equal settings share shards)."""
+    """Everything that changes the tokens, and nothing else (so equal settings share shards).
+
+    Settings added later enter the key only away from their defaults, so caches built before
+    keep their names (and evaluation still finds their tokenizer)."""
     d = cfg.data
-    return {
+    key = {
         "format": FORMAT,
         "corpus": str(corpus),
         "files": [[name, p.stat().st_size] for name, p in files],
@@ -253,6 +365,14 @@ def _cache_key(cfg, corpus: Path, files: list[tuple[str, Path]]) -> dict:
         "vocab_size": d.vocab_size if d.tokenizer == "bpe" else None,
         "max_bytes": d.max_bytes,
     }
+    if is_tokenizer_file(d.tokenizer):
+        key["tokenizer_sha256"] = _file_digest(_tokenizer_file(cfg))
+    if d.text_field != "text":
+        key["text_field"] = d.text_field
+    if files and _pretokenized(files):
+        key.update(shard_format=d.shard_format, shard_vocab_size=d.shard_vocab_size)
+        key["files"] = [[name, p.stat().st_size, p.stat().st_mtime_ns] for name, p in files]  # checked ids: any rewrite re-checks
+    return key
 
 
 def shard_dir(cfg, corpus: Path | None = None, files=None) -> Path:
@@ -262,14 +382,19 @@ def shard_dir(cfg, corpus: Path | None = None, files=None) -> Path:
     key = _cache_key(cfg, corpus, files)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     vocab = f"-{cfg.data.vocab_size}" if cfg.data.tokenizer == "bpe" else ""
+    label = "file" if is_tokenizer_file(cfg.data.tokenizer) else cfg.data.tokenizer
+    if files and _pretokenized(files):
+        label, vocab = "tokens", ""
     root = Path(cfg.data.cache_dir or Path(cfg.run.runs_dir) / "data").expanduser().resolve()
-    return root / f"{corpus.name.split('.')[0] or 'corpus'}-{cfg.data.tokenizer}{vocab}-{digest}"
+    return root / f"{corpus.name.split('.')[0] or 'corpus'}-{label}{vocab}-{digest}"
 
 
 def open_shards(path) -> PreparedData:
     """Open a finished shard folder read-only (memory-mapped, so nothing is loaded up front)."""
     path = Path(path)
     meta = json.loads((path / "meta.json").read_text())
+    if meta.get("source") == "pretokenized":
+        return _open_pretokenized(path, meta)
     arrays = {}
     for split in ("train", "val"):
         arr = np.memmap(path / f"{split}.bin", dtype=meta["dtype"], mode="r")
@@ -333,7 +458,8 @@ def prepare(cfg, log: Callable[[str], None] = _stderr) -> PreparedData:
             tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()  # not mkdtemp: its 0700 mode would hide a shared cache from the group
             try:
-                meta = _build(cfg, corpus, files, tmp, log)
+                build = _build_pretokenized if _pretokenized(files) else _build
+                meta = build(cfg, corpus, files, tmp, log)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -349,17 +475,25 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
     """Write train.bin, val.bin, meta.json (and tokenizer.json for BPE) into `out`; returns the meta."""
     t0 = time.perf_counter()
     split = split_documents(cfg, corpus, files)
-    mb = split.train_bytes / 1e6
+    streamed = isinstance(split.train, _Stream)
     if cfg.data.tokenizer == "bpe":
-        log(f"data: training a {cfg.data.vocab_size}-token BPE on {mb:.1f} MB of {corpus.name} (training split only)")
-        tok = BPETokenizer.train(split.train, cfg.data.vocab_size, length=len(split.train))
+        size = f"the training files of {corpus.name}" if streamed else f"{split.train_bytes / 1e6:.1f} MB of {corpus.name}"
+        log(f"data: training a {cfg.data.vocab_size}-token BPE on {size} (training split only)")
+        tok = BPETokenizer.train(split.train, cfg.data.vocab_size, length=None if streamed else len(split.train))
         tok.save(out / "tokenizer.json")
+    elif is_tokenizer_file(cfg.data.tokenizer):
+        tok = _copy_tokenizer(cfg, out)
     else:
         tok = ByteTokenizer()
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    log(f"data: tokenizing {len(split.train) + len(split.val):,} documents of {corpus.name} with the {tok.kind} tokenizer")
+    docs = f"the training files and {len(split.val):,} validation documents" if streamed else f"{len(split.train) + len(split.val):,} documents"
+    log(f"data: tokenizing {docs} of {corpus.name} with the {tok.kind} tokenizer")
     train_tokens = _write_tokens(out / "train.bin", tok, split.train, dtype)
     val_tokens = _write_tokens(out / "val.bin", tok, split.val, dtype)
+    if streamed:
+        train_docs, split.train_bytes, split.truncated = split.train.stats["docs"], split.train.stats["bytes"], split.train.stats["truncated"]
+    else:
+        train_docs = len(split.train)
     val_bytes = sum(len(d.encode("utf-8")) for d in split.val)
     meta = {
         "format": FORMAT,
@@ -369,7 +503,7 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
         "eot_id": tok.eot_id,
         "train_tokens": train_tokens,
         "val_tokens": val_tokens,
-        "train_docs": len(split.train),
+        "train_docs": train_docs,
         "val_docs": len(split.val),
         "train_bytes": split.train_bytes,
         "val_bytes": val_bytes,
@@ -386,12 +520,188 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
     return meta
 
 
-def _write_tokens(path: Path, tok, docs: list[str], dtype, chunk: int = 256) -> int:
-    """Write the documents' tokens, an end-of-text before each, to a flat file; returns the count."""
+def _copy_tokenizer(cfg, out: Path) -> FileTokenizer:
+    """Load data.tokenizer and keep a copy beside the shards: evaluation then finds the very
+    tokenizer the run was trained with, even if the original file is later edited or moved."""
+    src = _tokenizer_file(cfg)
+    tok = FileTokenizer.load(src)
+    shutil.copyfile(src, out / "tokenizer.json")
+    return tok
+
+
+# ---------------------------------------------------------------------- pre-tokenized shards
+class TokenStream:
+    """Several memory-mapped token arrays read as one: `len` and the integer-array indexing
+    that `Batches` draws windows with (a window may straddle two shards)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if len(p)] or [np.zeros(0, dtype=np.uint16)]
+        self.bounds = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    def __getitem__(self, idx) -> np.ndarray:
+        idx = np.asarray(idx)
+        if len(self.parts) == 1:
+            return self.parts[0][idx]
+        flat = idx.ravel()
+        which = np.searchsorted(self.bounds, flat, side="right") - 1
+        out = np.empty(flat.shape, dtype=self.parts[0].dtype)
+        for w in np.unique(which):
+            mask = which == w
+            out[mask] = self.parts[w][flat[mask] - self.bounds[w]]
+        return out.reshape(idx.shape)
+
+
+def open_bin(path: Path, shard_format: str) -> np.ndarray:
+    """The uint16 tokens of one .bin shard, memory-mapped; a malformed file is one clear error.
+
+    nanoGPT's shards are raw uint16; modded-nanogpt's start with 256 int32 (magic 20240520,
+    version 1, token count) and must be exactly that long."""
+    size = path.stat().st_size
+    if shard_format == "nanogpt":
+        if size % 2:
+            raise UserError(f"{path} has {size} bytes, not a whole number of uint16 tokens; is it a nanoGPT .bin shard?")
+        return np.memmap(path, dtype=np.uint16, mode="r") if size else np.zeros(0, dtype=np.uint16)
+    header_bytes = MODDED_HEADER_INTS * 4
+    if size < header_bytes:
+        raise UserError(f"{path} has {size} bytes, fewer than the {header_bytes}-byte modded-nanogpt header; "
+                        "for raw uint16 shards (nanoGPT) set data.shard_format=nanogpt")
+    header = np.fromfile(path, dtype="<i4", count=MODDED_HEADER_INTS)
+    if header[0] != MODDED_MAGIC:
+        raise UserError(f"{path} starts with {header[0]}, not the modded-nanogpt magic number {MODDED_MAGIC}; "
+                        "for raw uint16 shards (nanoGPT) set data.shard_format=nanogpt")
+    if header[1] != MODDED_VERSION:
+        raise UserError(f"{path} is modded-nanogpt shard version {header[1]}; only version {MODDED_VERSION} is read")
+    n = int(header[2])
+    if n < 0 or size != header_bytes + 2 * n:
+        raise UserError(f"{path}: its header says {n} tokens ({header_bytes + 2 * n} bytes with the header) but the "
+                        f"file has {size} bytes; it is truncated or not a modded-nanogpt shard")
+    return np.memmap(path, dtype=np.uint16, mode="r", offset=header_bytes, shape=(n,)) if n else np.zeros(0, dtype=np.uint16)
+
+
+def _shard_vocab(cfg, corpus: Path, tok) -> int:
+    """data.shard_vocab_size, else the tokenizer file's size, else vocab_size in a meta.json
+    beside the shards (the corpus folder, or the folder of a single-shard corpus)."""
+    if cfg.data.shard_vocab_size:
+        return cfg.data.shard_vocab_size
+    if tok is not None:
+        return tok.vocab_size
+    sidecar = (corpus if corpus.is_dir() else corpus.parent) / "meta.json"
+    if sidecar.is_file():
+        try:
+            vocab = json.loads(sidecar.read_text()).get("vocab_size")
+        except (json.JSONDecodeError, AttributeError):
+            vocab = None
+        if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
+            raise UserError(f"{sidecar} has no positive integer \"vocab_size\"; fix it, or set data.shard_vocab_size")
+        return vocab
+    raise UserError(f"the vocabulary of the token shards in {corpus} is unknown; set data.shard_vocab_size=N, or "
+                    "data.tokenizer to their tokenizer.json, or write {\"vocab_size\": N} to " + str(sidecar))
+
+
+def _check_ids(path: Path, tokens: np.ndarray, vocab: int, chunk: int = 1 << 24) -> None:
+    """Every id below `vocab`, read a chunk at a time (the shard is never loaded whole)."""
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start : start + chunk]
+        top = int(part.max())
+        if top >= vocab:
+            at = start + int(np.argmax(part >= vocab))
+            raise UserError(f"{path}: token id {top} (first bad id at token {at:,}) is >= the vocabulary size {vocab}; "
+                            "set data.shard_vocab_size or data.tokenizer to the vocabulary the shards were made with")
+
+
+def _split_tokens(cfg, corpus: Path, files: list[tuple[str, Path]], lengths: dict[str, int]) -> dict:
+    """{"train"/"val": [[name, start, stop], ...]}: data.val_files by name, else the last
+    val_fraction of all tokens (cut inside a shard if need be)."""
+    names = [n for n, _ in files]
+    val_names = _val_names(cfg)
+    if val_names:
+        missing = [v for v in val_names if v not in names]
+        if missing:
+            shown = ", ".join(names[:10]) + (f", ... ({len(names)} files)" if len(names) > 10 else "")
+            raise UserError(f"validation file(s) {', '.join(missing)} not in {corpus} (it has: {shown}); set data.val_files "
+                            "to some of those (e.g. fineweb_val_000000.bin), or data.val_files='' to hold out the last "
+                            "data.val_fraction of tokens")
+        if all(n in val_names for n in names):
+            raise UserError(f"every file of {corpus} is in data.val_files; leave at least one for training")
+        return {split: [[n, 0, lengths[n]] for n in names if (n in val_names) == (split == "val")] for split in ("train", "val")}
+    total = sum(lengths.values())
+    cut = total - min(max(1, round(total * cfg.data.val_fraction)), max(total - 1, 0))
+    out, pos = {"train": [], "val": []}, 0
+    for n in names:
+        a, b = pos, pos + lengths[n]
+        if a < cut:
+            out["train"].append([n, 0, min(b, cut) - a])
+        if b > cut:
+            out["val"].append([n, max(cut, a) - a, lengths[n]])
+        pos = b
+    return out
+
+
+def _build_pretokenized(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Callable[[str], None]) -> dict:
+    """Check the shards (header, length, ids below the vocabulary) and write only a meta.json
+    naming them, and the tokenizer file if one is set: the tokens stay where they are."""
+    t0 = time.perf_counter()
+    tok = _copy_tokenizer(cfg, out) if is_tokenizer_file(cfg.data.tokenizer) else None
+    vocab = _shard_vocab(cfg, corpus, tok)
+    if tok is not None and tok.vocab_size > vocab:
+        raise UserError(f"data.shard_vocab_size={vocab} is smaller than the tokenizer's {tok.vocab_size} tokens; "
+                        "raise it or leave it at 0 to use the tokenizer's")
+    shards = {name: open_bin(path, cfg.data.shard_format) for name, path in files}  # every header before any scan
+    log(f"data: checking the ids of {len(files)} {cfg.data.shard_format} shard(s) of {corpus.name} against a vocabulary of {vocab:,}")
+    for name, path in files:
+        _check_ids(path, shards[name], vocab)
+    lengths = {name: len(tokens) for name, tokens in shards.items()}
+    parts = _split_tokens(cfg, corpus, files, lengths)
+    paths = {n: str(p) for n, p in files}
+    meta = {
+        "format": FORMAT,
+        "source": "pretokenized",
+        "shard_format": cfg.data.shard_format,
+        "dtype": "uint16",
+        "tokenizer": tok.kind if tok is not None else "none",
+        "vocab_size": vocab,
+        "eot_id": tok.eot_id if tok is not None else None,
+        "train_tokens": sum(b - a for _, a, b in parts["train"]),
+        "val_tokens": sum(b - a for _, a, b in parts["val"]),
+        "train_parts": [[paths[n], a, b] for n, a, b in parts["train"]],
+        "val_parts": [[paths[n], a, b] for n, a, b in parts["val"]],
+        "corpus": str(corpus),
+        "sources": [{"name": n, "bytes": p.stat().st_size, "tokens": lengths[n],
+                     "split": "+".join(s for s in ("train", "val") if any(x[0] == n for x in parts[s]))} for n, p in files],
+        "settings": dataclasses.asdict(cfg.data),
+        "key": _cache_key(cfg, corpus, files),
+        "build_seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # the folder rename is the atomic step
+    return meta
+
+
+def _open_pretokenized(path: Path, meta: dict) -> PreparedData:
+    arrays = {}
+    for split in ("train", "val"):
+        pieces = []
+        for shard, a, b in meta[f"{split}_parts"]:
+            shard = Path(shard)
+            if not shard.is_file():
+                raise UserError(f"token shard {shard} (listed in {path / 'meta.json'}) is gone; restore it or delete {path}")
+            pieces.append(open_bin(shard, meta["shard_format"])[a:b])
+        arrays[split] = TokenStream(pieces)
+        if len(arrays[split]) != meta[f"{split}_tokens"]:
+            raise UserError(f"the {split} shards listed in {path / 'meta.json'} changed since they were checked; delete {path} to check them again")
+    tok = load_tokenizer(path) if meta["tokenizer"] != "none" else NoTokenizer(meta["vocab_size"])
+    return PreparedData(path, tok, arrays["train"], arrays["val"], meta)
+
+
+def _write_tokens(path: Path, tok, docs: Iterable[str], dtype, chunk: int = 256) -> int:
+    """Write the documents' tokens, an end-of-text before each, to a flat file; returns the count.
+    The documents are taken `chunk` at a time, so a stream of them is never held whole."""
     count = 0
+    docs = iter(docs)
     with open(path, "wb") as f:
-        for start in range(0, len(docs), chunk):
-            batch = docs[start : start + chunk]
+        while batch := list(itertools.islice(docs, chunk)):
             if isinstance(tok, ByteTokenizer):
                 pieces = [tok.encode_array(d) for d in batch]
             else:

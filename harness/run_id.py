@@ -35,6 +35,8 @@ LEGACY_VARIANT_DEFAULTS = {"mode": "dynamic", "fixed": "", "sk_iters": 20, "sk_m
                            "sk_max_iters": 2000, "alpha_init": 0.01, "res_init_offdiag": -8.0, "prepost_init_logit": 1.0}
 # added later: in the legacy hash only when away from this default
 LATER_VARIANT_DEFAULTS = {"precision": "tf32"}
+# data fields added later: in the legacy hash only when away from this default
+LATER_DATA_DEFAULTS = {"text_field": "text", "shard_format": "modded-nanogpt", "shard_vocab_size": 0}
 
 # How a run is executed, not what it computes, and where this machine keeps the shared data:
 # never part of its id. (The run section and the preset name are left out too: where a run
@@ -99,6 +101,9 @@ def legacy_hash(cfg, machine_paths: bool = True) -> str:
         d["data"]["data_root"] = d["data"]["cache_dir"] = ""
     d.pop("run")
     d.pop("preset")
+    for k, default in LATER_DATA_DEFAULTS.items():
+        if d["data"].get(k, default) == default:
+            d["data"].pop(k, None)
     for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block", "keep_checkpoints"):
         d["train"].pop(k, None)
     d["variant"] = legacy_variant_section(cfg.variant)

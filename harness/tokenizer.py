@@ -1,4 +1,5 @@
-"""Tokenizers: raw UTF-8 bytes, or a byte-level BPE trained offline on the training split.
+"""Tokenizers: raw UTF-8 bytes, a byte-level BPE trained offline on the training split, or
+any Hugging Face `tokenizers` file the researcher already has (GPT-2's tokenizer.json, ...).
 
 Both share one small interface (`vocab_size`, `eot_id`, `encode`, `encode_batch`, `decode`)
 so the data pipeline, training and evaluation never care which one a run used. The BPE is
@@ -104,6 +105,66 @@ class BPETokenizer:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
+class NoTokenizer:
+    """The vocabulary of pre-tokenized shards used without a tokenizer file: enough to train
+    on them (the model needs only the size); encoding text is refused with the fix."""
+
+    kind = "none"
+    eot_id = None
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def _refuse(self, *_):
+        raise UserError("these token shards were used without a tokenizer file, so no text can be encoded or decoded; "
+                        "set data.tokenizer to the tokenizer.json they were made with")
+
+    encode = encode_batch = decode = _refuse
+
+
+EOT_CANDIDATES = (EOT, "<|end_of_text|>", "</s>", "<eos>", "<|eos|>")
+
+
+def is_tokenizer_file(setting: str) -> bool:
+    """Whether data.tokenizer names a tokenizer file rather than "bpe" or "byte"."""
+    return setting not in ("bpe", "byte")
+
+
+class FileTokenizer(BPETokenizer):
+    """A Hugging Face `tokenizers` file used as it is (nothing trained, nothing downloaded).
+
+    Its end-of-text id is the first of EOT_CANDIDATES it knows: documents are separated by it
+    in the shards, as with the other tokenizers."""
+
+    kind = "file"
+
+    def __init__(self, tok, path):
+        self._tok = tok
+        tok.encode_special_tokens = True
+        ids = [tok.token_to_id(t) for t in EOT_CANDIDATES]
+        found = [i for i in ids if i is not None]
+        if not found:
+            raise UserError(f"tokenizer {path} has none of the end-of-text tokens {', '.join(EOT_CANDIDATES)}; "
+                            "documents need one to be separated")
+        self.eot_id = found[0]
+
+    @classmethod
+    def load(cls, path) -> "FileTokenizer":
+        """The tokenizer in `path`; a missing or unreadable file is one clear error."""
+        from tokenizers import Tokenizer
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise UserError(f"tokenizer file {path} not found; set data.tokenizer to a tokenizer.json "
+                            "(Hugging Face `tokenizers` format), or to bpe / byte")
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception on a malformed file
+            first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise UserError(f"tokenizer file {path} is not a Hugging Face tokenizer.json ({first})") from None
+        return cls(tok, path)
+
+
 def load_tokenizer(shard_dir) -> ByteTokenizer | BPETokenizer:
     """The tokenizer a prepared shard folder was made with (from its meta.json)."""
     shard_dir = Path(shard_dir)
@@ -116,4 +177,9 @@ def load_tokenizer(shard_dir) -> ByteTokenizer | BPETokenizer:
         return ByteTokenizer()
     if kind == "bpe":
         return BPETokenizer.load(shard_dir / "tokenizer.json")
+    if kind == "file":
+        return FileTokenizer.load(shard_dir / "tokenizer.json")
+    if kind == "none":
+        raise UserError(f"the token shards of {meta.get('corpus', shard_dir)} were used without a tokenizer file, so no "
+                        "text can be encoded; set data.tokenizer to the tokenizer.json they were made with")
     raise UserError(f"unknown tokenizer {kind!r} in {shard_dir / 'meta.json'}; delete the folder to rebuild it")

@@ -24,7 +24,7 @@ class LoadedRun:
     run_dir: Path
     cfg: Config
     model: object  # harness.model.GPT, in eval mode on `device`
-    tokenizer: object  # ByteTokenizer | BPETokenizer
+    tokenizer: object  # ByteTokenizer | BPETokenizer | FileTokenizer
     step: int  # optimiser step of the checkpoint
     status: str  # status.json's status ("done", "stopped", ...), "" when absent
     device: object  # torch.device
@@ -80,16 +80,25 @@ def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:
 
 def load_run_tokenizer(cfg: Config, run_dir: Path):
     """The tokenizer the run was trained with (the byte tokenizer needs no file)."""
-    from harness.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+    from harness.tokenizer import (
+        BPETokenizer,
+        ByteTokenizer,
+        FileTokenizer,
+        is_tokenizer_file,
+        load_tokenizer,
+    )
 
     if cfg.data.tokenizer == "byte":
         return ByteTokenizer()
+    given = is_tokenizer_file(cfg.data.tokenizer)
     candidates = tokenizer_candidates(cfg, run_dir)
     for folder in candidates:
         if (folder / "tokenizer.json").is_file() and not (folder / "meta.json").is_file():
-            return BPETokenizer.load(folder / "tokenizer.json")
+            return (FileTokenizer if given else BPETokenizer).load(folder / "tokenizer.json")
         if (folder / "meta.json").is_file():
             return load_tokenizer(folder)
+    if given and Path(cfg.data.tokenizer).expanduser().is_file():  # a tokenizer file the run was trained with
+        return FileTokenizer.load(cfg.data.tokenizer)
     where = ", ".join(str(c) for c in candidates)
     raise UserError(f"tokenizer of run {run_dir} not found (looked in {where}); rebuild it with "
                     f"`mhc-bench prepare` and the run's settings (--preset {cfg.preset} and its --set overrides)")
