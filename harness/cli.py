@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", help="benchmarks: `bench model` (training-step cost per variant), `bench kernels` (fused ops vs the copy ceiling)")
+    p = sub.add_parser("bench", help="benchmarks: `bench model` (training-step cost per variant), `bench kernels` (fused ops vs the copy ceiling), "
+                                     "`bench data` (loader tokens/s vs a GPU's step)")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     from harness.bench_model import register as register_bench_model
 
@@ -169,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harness.bench_kernels_cli import register as register_bench_kernels
 
     register_bench_kernels(bench)
+    from harness.bench_data import register as register_bench_data
+
+    register_bench_data(bench)
 
     p = sub.add_parser("report", help="report.md/.html with tables, significance tests and figures for an experiment")
     p.add_argument("experiment", help="an experiment folder (a folder of run folders) or its name under --runs-dir")
