@@ -17,10 +17,10 @@ Each round times --steps loader steps of every source (interleaved, so a busy ne
 all alike) after --warmup untimed ones; the table has the median and p10/p90 seconds per step,
 tokens/s, and margin = tokens/s / --target. The default target, 1M tokens/s, is an ESTIMATE of
 what one H200 consumes at gpt-s (no GPU step has been measured yet): gpt-s trains on
-128 x 1024 = 131,072 tokens a step at 6 N + 12 L T C = 6 x 18.9M + 12 x 6 x 1024 x 512
-~= 151 MFLOP a token (harness/bench_model.py's count), and at ~15% of the H200's 989 TFLOP/s
-dense bf16 (small models keep a big GPU far from its peak) that is ~1.0M tokens/s, a step
-every ~0.13 s. `bench model --preset gpt-s` on the GPU gives the measured figure to pass as --target.
+128 x 1024 = 131,072 tokens a step at 6 N + 12 L T C = 6 x 23.5M + 12 x 6 x 1024 x 512
+~= 179 MFLOP a token (harness/bench_model.py's count; N includes the tied output head), and at
+~18% of the H200's 989 TFLOP/s dense bf16 (a 6-layer, d 512 model keeps a big GPU far from its
+peak) that is ~1.0M tokens/s, a step every ~0.13 s (40% would be ~2.2M tokens/s). `bench model --preset gpt-s` on the GPU gives the measured figure to pass as --target.
 """
 
 from __future__ import annotations
