@@ -59,11 +59,12 @@ class Tracker:
 
     def open(self, cfg, run_path: Path, start_step: int) -> None:
         """Start the sinks `cfg.run` asks for. A resumed run (`start_step` > 0) drops what was
-        logged after its checkpoint, as metrics.parquet does, so the views show each step once."""
+        logged after its checkpoint, as metrics.parquet does, so the views show each step once
+        (TensorBoard purges from the step given on: the checkpoint's own step is kept)."""
         if cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_path / TENSORBOARD_DIR), purge_step=start_step or None)
+            self._tb = SummaryWriter(log_dir=str(run_path / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None)
         if cfg.run.wandb == "offline":
             import wandb
 

@@ -202,3 +202,25 @@ def test_local_submit_ends_with_every_run_in_its_progress_line(tmp_path, data_ca
     lines = [line for line in out.splitlines() if line.startswith("progress:")]
     assert lines and lines[-1] == "progress: 2/2 runs, 6/6 steps"
     assert out.index(lines[-1]) > out.index("done")  # after the outcomes, before the summary
+
+
+def test_a_resumed_run_shows_each_step_once(tiny_cfg, single_thread):
+    """Interrupted after step 3 with its checkpoint at step 2: the resumed run trains step 3 again;
+    its event files then hold one value per step, the resumed run's, and keep step 2's."""
+    from harness.train import train
+
+    cfg = tiny_cfg("train.steps=5", "train.eval_every=3", "train.checkpoint_every=2", "train.log_every=1",
+                   "train.diag_every=0", "run.tensorboard=true")
+
+    def interrupt(step, val):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_validation=interrupt)
+    result = train(cfg, resume=True)
+    metrics = pd.read_parquet(result.run_dir / "metrics.parquet")
+    train_rows = metrics[metrics.split == "train"]
+    got = scalars(result.run_dir)
+    assert [s for s, _ in got["train/loss"]] == train_rows.step.tolist() == [1, 2, 3, 4, 5]
+    assert [v for _, v in got["train/loss"]] == pytest.approx(train_rows.loss.tolist(), rel=1e-6)
+    assert [s for s, _ in got["val/loss"]] == [0, 3, 5]
