@@ -153,6 +153,11 @@ def cmd_submit(args) -> int:
     grid = _load(args)
     chosen, others = select_runs(grid.runs, args.only)
     res = _resources(args, grid, chosen)
+    if args.cluster != "slurm":  # jobs on this machine: a tracker package it lacks fails them all, so refuse now
+        from harness.tracking import check
+
+        for run in chosen:
+            check(run.cfg)
     exp = Experiment(grid.exp_dir)
     todo, skipped = plan_submission(exp, chosen, force=args.force)
     exp.register(grid)

@@ -224,3 +224,21 @@ def test_a_resumed_run_shows_each_step_once(tiny_cfg, single_thread):
     assert [s for s, _ in got["train/loss"]] == train_rows.step.tolist() == [1, 2, 3, 4, 5]
     assert [v for _, v in got["train/loss"]] == pytest.approx(train_rows.loss.tolist(), rel=1e-6)
     assert [s for s, _ in got["val/loss"]] == [0, 3, 5]
+
+
+def test_a_local_grid_asking_for_a_missing_tracker_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    path = write(tmp_path, """
+        name = "wb"
+        preset = "tiny"
+        [axes]
+        seed = [0, 1]
+    """)
+    code, out, err = cli("submit", path, "--runs-dir", tmp_path / "runs", "--set", "run.wandb=offline", "--cluster", "local")
+    assert code == 2 and err.strip() == ("mhc-bench: error: run.wandb=offline needs the wandb package, which is not "
+                                         "installed: pip install wandb")
+    assert not (tmp_path / "runs").exists() and "running" not in out
