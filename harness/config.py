@@ -97,6 +97,9 @@ class RunConfig:
     runs_dir: str = doc("folder for run outputs (git-ignored)", "runs")
     name: str = doc("run folder name; '' = <preset>-<variant>-<config hash>", "")
     progress: str = doc("progress bar: auto (only on a terminal), on, off", "auto", choices=("auto", "on", "off"))
+    tensorboard: bool = doc("write TensorBoard event files of the logged scalars to <run>/tensorboard/ (needs tensorboard)", False)
+    wandb: str = doc("log the same scalars to Weights & Biases: off, or offline (files under <run>/wandb/; needs wandb)",
+                     "off", choices=("off", "offline"))
 
 
 @dataclass

@@ -42,6 +42,7 @@ from harness.errors import UserError, filesystem_fault, filesystem_fix
 from harness.fsdp import full
 from harness.run_id import migrate_run_folder
 from harness.rundir import MetricsLog, RunDir, environment
+from harness.tracking import Tracker, check, diagnostics_scalars, train_scalars
 
 
 @dataclass
@@ -54,6 +55,11 @@ class RunResult:
     checkpoint_step: int | None = None  # the step the run's checkpoint holds; None: it has none
     stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped it, when train() took it itself
 
+
+# A running run's status.json (step, last train loss) is rewritten at each checkpoint and, between
+# them, at most this often (at a host read), so `grid status` and a local grid's progress line follow
+# it for one small file write.
+STATUS_EVERY_S = 10.0
 
 # Set by a pre-emption / time-limit signal handler (slurm/dispatch.py), or by Ctrl-C / SIGTERM
 # (_stop_on_signals): the loop checkpoints and returns "stopped" at the next step boundary, so a
@@ -202,6 +208,7 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     from variants.registry import build_variant
 
     cfg.validate()
+    check(cfg)  # run.tensorboard / run.wandb without their package: refused before any file is written
     build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)  # option errors before any file is written
     dist = distributed.setup(resolve_device(cfg.train.device), cfg.train.parallel)  # a no-op unless WORLD_SIZE > 1
     try:
@@ -233,12 +240,13 @@ def _train_run(cfg: Config, resume: bool, dist: distributed.Dist, on_validation=
     batches = Batches(data, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed)  # so does too little text
     dist.on_main(run.acquire)  # rank 0 holds the lock; the other ranks share its answer
     where = _Position()
+    tracker = Tracker()  # TensorBoard / W&B, opened by _train once it knows the starting step
     try:
         status = run.read_status()
         if status and status["status"] == "done":  # finished by another process while we waited
             return _done(run, status, cfg)
         with _stop_on_signals():
-            return _train(cfg, run, data, batches, resume and run.checkpoint.exists(), dist, where, on_validation)
+            return _train(cfg, run, data, batches, resume and run.checkpoint.exists(), dist, where, tracker, on_validation)
     except KeyboardInterrupt:  # a second Ctrl-C, or one _stop_on_signals could not take
         if not where.started and run.discard():
             raise
@@ -263,6 +271,7 @@ def _train_run(cfg: Config, resume: bool, dist: distributed.Dist, on_validation=
             raise UserError(_fault_message(run, where, e, fault, unrecorded)) from None
         raise  # a bug: its traceback, and no second one from recording it
     finally:
+        tracker.close()
         run.release()
 
 
@@ -300,7 +309,7 @@ def _fault_message(run: RunDir, where: _Position, e: OSError, fault: str, unreco
 
 
 def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distributed.Dist, where: _Position,
-           on_validation=None) -> RunResult:
+           tracker: Tracker, on_validation=None) -> RunResult:
     from harness.model import build_model
 
     t = cfg.train
@@ -337,6 +346,8 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
             + (f" x {dist.world} processes ({dist.parallel})" if dist.enabled else ""))
     run.write_status("running", step=step, steps=t.steps)
     where.started = True
+    if dist.is_main:
+        tracker.open(cfg, run.path, step)
 
     def checkpoint():
         model_state, optim_state = dist.full_state(model, optimizer)  # gathers the shards under FSDP
@@ -352,12 +363,14 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
     def validate():
         val = evaluate(step_model, batches, cfg, device, autocast)
         metrics.append(step=step, tokens=tokens, split="val", loss=val)
+        tracker.log(step, {"val/loss": val})
         return val
 
     def diagnose():
         with torch.no_grad(), autocast():
             rows = diagnostics_rows(model, diag_batch.to(device), step)
         diagnostics.rows.extend(rows)
+        tracker.log(step, diagnostics_scalars(rows))
         if (warning := capped_summary(rows)) is not None:
             run.log(f"warning: step {step}: {warning}")
 
@@ -382,11 +395,13 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
             grad_norm, *group_norms = [next(rest) for _ in range(1 + len(p.norm_names))]
             if not math.isfinite(loss):
                 metrics.append(step=p.step, tokens=p.tokens, split="train", loss=loss, lr=p.lr)
+                tracker.log(p.step, {"train/loss": loss})
                 return p.step, loss
             train_loss = loss
-            metrics.append(step=p.step, tokens=p.tokens, split="train", loss=loss, lr=p.lr, grad_norm=grad_norm,
-                           step_time_s=dt, tokens_per_s=tokens_per_step / dt, peak_mem_bytes=p.peak_mem_bytes,
-                           **{f"grad_norm_{k}": v for k, v in zip(p.norm_names, group_norms)})
+            row = dict(loss=loss, lr=p.lr, grad_norm=grad_norm, step_time_s=dt, tokens_per_s=tokens_per_step / dt,
+                       peak_mem_bytes=p.peak_mem_bytes, **{f"grad_norm_{k}": v for k, v in zip(p.norm_names, group_norms)})
+            metrics.append(step=p.step, tokens=p.tokens, split="train", **row)
+            tracker.log(p.step, train_scalars(row))
         if progress is not None:
             progress.update(len(pending))
             progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{pending[-1].lr:.2e}")
@@ -396,7 +411,7 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
     def due(every: int) -> bool:
         return bool(every) and step % every == 0
 
-    t0 = time.perf_counter()
+    t0, status_at = time.perf_counter(), time.monotonic()
     while step < t.steps:
         # ---- the step: nothing in here waits for the device
         lr = lr_at(step, cfg)
@@ -445,9 +460,12 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
             halt = on_validation is not None and bool(on_validation(step, val))
         if due(t.diag_every) or step == t.steps:
             diagnose()
-        if due(t.checkpoint_every) or step == t.steps:
+        checkpointing = due(t.checkpoint_every) or step == t.steps
+        if checkpointing:
             checkpoint()
-            run.write_status("running", step=step, steps=t.steps)
+        if checkpointing or time.monotonic() - status_at >= STATUS_EVERY_S:
+            run.write_status("running", step=step, steps=t.steps, train_loss=train_loss)  # what `grid status` shows
+            status_at = time.monotonic()
         preempted = dist.any(_STOP.is_set() or halt)  # all ranks stop at the same step
         if ((t.stop_after and step >= t.stop_after) or preempted) and step < t.steps:
             checkpoint()

@@ -139,13 +139,25 @@ def cmd_plan(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from slurm.dispatch import Dispatcher, freeze_code, plan_submission, print_outcome
+    from slurm.dispatch import (
+        Dispatcher,
+        ProgressLine,
+        freeze_code,
+        plan_submission,
+        print_outcome,
+        progress_line,
+    )
     from slurm.experiment import Experiment
     from slurm.grid import select_runs
 
     grid = _load(args)
     chosen, others = select_runs(grid.runs, args.only)
     res = _resources(args, grid, chosen)
+    if args.cluster != "slurm":  # jobs on this machine: a tracker package it lacks fails them all, so refuse now
+        from harness.tracking import check
+
+        for run in chosen:
+            check(run.cfg)
     exp = Experiment(grid.exp_dir)
     todo, skipped = plan_submission(exp, chosen, force=args.force)
     exp.register(grid)
@@ -171,7 +183,17 @@ def cmd_submit(args) -> int:
             return 0
     else:
         print(f"running {len(todo)} run(s) on {args.cluster}" + (f", {dispatcher.parallelism} at a time" if args.cluster == "local" else ""))
-    outcomes = dispatcher.wait(handles, on_done=print_outcome)
+    progress = ProgressLine() if args.cluster == "local" else None  # runs and steps done, from their status.json
+
+    def done(h, out):
+        if progress:
+            progress.clear()
+        print_outcome(h, out)
+
+    def tick(finished):
+        progress.tick(lambda: progress_line(handles, finished), final=finished == len(handles))
+
+    outcomes = dispatcher.wait(handles, on_done=done, on_tick=tick if progress else None)
     counts = {}
     for o in outcomes:
         counts[o.get("status", "?")] = counts.get(o.get("status", "?"), 0) + 1

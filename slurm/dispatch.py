@@ -463,8 +463,9 @@ class Dispatcher:
             "jobs": {h.run.id: str(h.job.job_id) for h in handles},
         })
 
-    def wait(self, handles: list[Handle], on_done=None, poll_s: float | None = None) -> list[dict]:
-        """Block until every handle's job ended; `on_done(handle, outcome)` as each finishes."""
+    def wait(self, handles: list[Handle], on_done=None, poll_s: float | None = None, on_tick=None) -> list[dict]:
+        """Block until every handle's job ended; `on_done(handle, outcome)` as each finishes,
+        `on_tick(finished)` after each poll (the number of handles that have ended)."""
         poll_s = poll_s if poll_s is not None else (0.5 if self.cluster != "slurm" else 5.0)
         pending, outcomes = list(handles), {}
         while pending:
@@ -475,6 +476,8 @@ class Dispatcher:
                     pending.remove(h)
                     if on_done:
                         on_done(h, out)
+            if on_tick:
+                on_tick(len(handles) - len(pending))
             if pending:
                 time.sleep(poll_s)
         return [outcomes[id(h)] for h in handles]
@@ -507,6 +510,50 @@ def freeze_code(exp: Experiment) -> Path:
     from slurm.snapshot import freeze
 
     return freeze(PROJECT_ROOT, exp.path / "code")
+
+
+def progress_line(handles: list[Handle], finished: int) -> str:
+    """'progress: 2/7 runs, 1300/2800 steps': jobs ended, and steps trained by the submitted runs
+    as their status.json files say (written at each checkpoint and every few seconds)."""
+    trained = total = 0
+    for h in handles:
+        status = RunDir(h.run.path).read_status() or {}
+        steps = status.get("steps") or h.run.cfg.train.steps
+        trained += min(status.get("step") or 0, steps)
+        total += steps
+    return f"progress: {finished}/{len(handles)} runs, {trained}/{total} steps"
+
+
+class ProgressLine:
+    """One overall progress line while a local grid runs: rewritten in place on a terminal
+    (every `tty_s`), else printed as a new line when it changed, at most every `log_s`, so a
+    redirected log gets a few lines, not thousands. `text()` is called only when due."""
+
+    def __init__(self, file=None, tty_s: float = 1.0, log_s: float = 30.0):
+        import sys
+
+        self.file = file or sys.stdout
+        self.tty = self.file.isatty()
+        self.every = tty_s if self.tty else log_s
+        self.last, self.at, self.shown = "", float("-inf"), False
+
+    def tick(self, text, final: bool = False) -> None:
+        if not final and time.monotonic() - self.at < self.every:
+            return
+        self.at = time.monotonic()
+        line = text()
+        if self.tty:
+            print(f"\r{line}\x1b[K", end="\n" if final else "", file=self.file, flush=True)
+            self.shown = not final
+        elif line != self.last or final:
+            print(line, file=self.file, flush=True)
+        self.last = line
+
+    def clear(self) -> None:
+        """Before another line is printed: the in-place line goes, and comes back at the next tick."""
+        if self.shown:
+            print("\r\x1b[K", end="", file=self.file, flush=True)
+            self.shown, self.at = False, float("-inf")
 
 
 def print_outcome(h: Handle, out: dict, file=None) -> None:
