@@ -156,3 +156,22 @@ def test_table_takes_an_experiment_by_name_like_report_and_grid_status(experimen
     assert (tmp_path / "table1.csv").is_file() and "Baseline" in capsys.readouterr().out
     assert main(["table", "no-such-experiment", "--runs-dir", str(experiment.parent)]) == 2
     assert "experiment folder not found: no-such-experiment" in capsys.readouterr().err
+
+
+def test_runs_saved_before_a_config_field_existed_group_with_newer_runs_of_the_same_recipe(tmp_path):
+    """A grid resumed across versions: the older runs' config.json lacks a field added since."""
+    from harness.eval.table import Run, group_rows
+
+    runs = []
+    for seed in (0, 1, 2):
+        cfg = get_preset("tiny")
+        cfg.variant.name, cfg.train.seed = "mhc", seed
+        d = cfg.to_dict()
+        if seed == 0:
+            del d["data"]["text_field"]  # saved by a version without data.text_field
+        runs.append(Run(tmp_path / f"r{seed}", d, 2.5, None, "done", 10, 10))
+    other = get_preset("tiny")
+    other.variant.name, other.optim.lr = "mhc", 0.1
+    runs.append(Run(tmp_path / "lr", other.to_dict(), 2.9, None, "done", 10, 10))
+    rows = group_rows(runs)
+    assert [(r.label, len(r.runs)) for r in rows] == [("mHC (optim.lr=0.003)", 3), ("mHC (optim.lr=0.1)", 1)]

@@ -162,7 +162,17 @@ def _grid_folders(experiment: Path) -> dict[str, str] | None:
 
 def _setting(cfg: dict) -> dict:
     """The config without what does not change the recipe: the seed, and what is outside a
-    run's identity (harness/run_id.py: its folder, execution settings, the preset's name)."""
+    run's identity (harness/run_id.py: its folder, execution settings, the preset's name).
+
+    The saved config is read back through the config classes first, so a field added after a run
+    was trained counts at its default: runs of one recipe saved before and after a new field
+    (a grid resumed across versions) stay one row."""
+    from harness.config import from_dict
+
+    try:
+        cfg = from_dict(cfg).to_dict()
+    except UserError:  # a config this code cannot read: compare it as saved
+        pass
     return {k: v for k, v in flatten(cfg).items()
             if k != "train.seed" and k != "preset" and not k.startswith("run.") and k not in EXECUTION_ONLY}
 
