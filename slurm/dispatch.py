@@ -111,10 +111,12 @@ def _record_refusal(run: RunDir, e: UserError) -> None:
     """Say in the run's status why its job failed, unless train() already has.
 
     train() records the faults it meets itself (a full disk mid-run: status failed with the step
-    and the intact checkpoint's step); overwriting that would lose them. A status that cannot be
-    written (a read-only disk) is left as it is: the job's exception still carries the reason."""
+    and the intact checkpoint's step); overwriting that would lose them. A finished run (done or
+    diverged) keeps its outcome: a job that could not reopen it (say, older code meeting a config
+    saved by newer code) changes nothing about how it trained. A status that cannot be written (a
+    read-only disk) is left as it is: the job's exception still carries the reason."""
     status = run.read_status() or {}
-    if status.get("status") == "failed" and status.get("error"):
+    if (status.get("status") == "failed" and status.get("error")) or status.get("status") in ("done", "diverged"):
         return
     try:
         run.write_status("failed", error=f"UserError: {e}")

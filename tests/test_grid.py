@@ -580,6 +580,12 @@ def test_a_job_keeps_the_failure_train_recorded_and_survives_a_status_it_cannot_
     _record_refusal(run, UserError("disk full"))
     assert run.read_status()["checkpoint_step"] == 5 and run.read_status()["error"].startswith("OSError")
 
+    finished = RunDir(tmp_path / "d")
+    finished.path.mkdir()
+    finished.write_status("diverged", step=176, error="loss became nan at step 176")
+    _record_refusal(finished, UserError("unknown config key 'text_field' in saved config"))
+    assert finished.read_status()["status"] == "diverged" and finished.read_status()["step"] == 176
+
     fresh = RunDir(tmp_path / "s")
     fresh.path.mkdir()
     _record_refusal(fresh, UserError("corpus missing"))
