@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from harness.checkpoint import CHECKPOINT_NAME
 from harness.config import Config, from_dict
 from harness.errors import UserError
 
@@ -41,8 +41,7 @@ class Exported:
 
 def export_run(run_dir, out, force: bool = False) -> Path:
     """Write the run's newest checkpoint to the folder `out`; returns `out`."""
-    from harness.eval.loading import load_run_tokenizer
-    from harness.model import build_model
+    from harness.eval.loading import rebuild
     from harness.rundir import RunDir
 
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
@@ -51,15 +50,7 @@ def export_run(run_dir, out, force: bool = False) -> Path:
     if not (run_dir / CHECKPOINT_NAME).is_file():
         raise UserError(f"run folder {run_dir} has no {CHECKPOINT_NAME}; train it first (mhc-bench train ... --resume)")
     _check_free(out, force)
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    cfg = from_dict(state["config"])
-    tokenizer = load_run_tokenizer(cfg, run_dir)
-    model = build_model(cfg, tokenizer.vocab_size)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {run_dir / CHECKPOINT_NAME} does not fit the model its config describes "
-                        f"({str(e).splitlines()[0][:160]})") from None
+    state, cfg, model, tokenizer = rebuild(run_dir)
     tensors, tied = _unshared(model.state_dict())
     meta = {"format": EXPORT_FORMAT, "step": int(state["step"]), "tokens": int(state["tokens"]), "run_name": run_dir.name,
             "run_id": cfg.config_hash(), "tokenizer": tokenizer.kind, "model_vocab_size": model.vocab_size,

@@ -104,13 +104,11 @@ def load_run_tokenizer(cfg: Config, run_dir: Path):
                     f"`mhc-bench prepare` and the run's settings (--preset {cfg.preset} and its --set overrides)")
 
 
-def load_run(run_dir, device: str = "auto") -> LoadedRun:
-    """Model (eval mode, on `device`), tokenizer and config of one run folder."""
+def rebuild(run_dir: Path):
+    """(checkpoint state, config, model on the CPU with the checkpoint's weights, tokenizer) of a
+    run folder's newest checkpoint: what evaluation and `mhc-bench export` both start from."""
     from harness.model import build_model
-    from harness.train import resolve_device
 
-    run_dir = Path(run_dir).resolve()
-    dev = resolve_device(device)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     cfg = from_dict(state["config"])
     tokenizer = load_run_tokenizer(cfg, run_dir)
@@ -121,5 +119,15 @@ def load_run(run_dir, device: str = "auto") -> LoadedRun:
         first = str(e).splitlines()[0][:160]
         raise UserError(f"checkpoint {run_dir / CHECKPOINT_NAME} does not fit the model its config describes ({first}); "
                         "was it written by another version of mhc-bench?") from None
+    return state, cfg, model, tokenizer
+
+
+def load_run(run_dir, device: str = "auto") -> LoadedRun:
+    """Model (eval mode, on `device`), tokenizer and config of one run folder."""
+    from harness.train import resolve_device
+
+    run_dir = Path(run_dir).resolve()
+    dev = resolve_device(device)
+    state, cfg, model, tokenizer = rebuild(run_dir)
     model.to(dev).eval()
     return LoadedRun(run_dir, cfg, model, tokenizer, int(state["step"]), read_status(run_dir), dev)
