@@ -177,8 +177,7 @@ def summary(df: "pd.DataFrame") -> str:
 
 def main_bench_data(args) -> int:
     """`mhc-bench bench data`: check the arguments, run, print and save the table."""
-    from harness.atomic import write_parquet
-    from harness.rundir import now
+    from harness.bench_model import save_table
     from harness.train import resolve_device
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
@@ -199,9 +198,7 @@ def main_bench_data(args) -> int:
                    args.runs_dir, args.data_dir or "", args.shards, args.shard_tokens,
                    log=lambda m: print(m, file=sys.stderr, flush=True))
     print(summary(df))
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "bench" / f"data-{now().replace(':', '')}.parquet"
-    write_parquet(out, df)
-    print(f"table: {out}")
+    save_table(df, args.out, args.runs_dir, "data")
     return 0
 
 

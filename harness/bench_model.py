@@ -484,10 +484,6 @@ def timing_lines(df) -> list[str]:
 
 def main_bench_model(args) -> int:
     """`mhc-bench bench model`: parse the lists, run, print and save the table."""
-    from pathlib import Path
-
-    from harness.atomic import write_parquet
-    from harness.rundir import now
     from harness.train import resolve_device
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else []
@@ -505,10 +501,20 @@ def main_bench_model(args) -> int:
     device = resolve_device(args.device)
     df = run_bench(cases, device, args.rounds, args.steps, args.warmup, log=lambda m: print(m, file=sys.stderr))
     print(summary(df))
-    out = Path(args.out) if args.out else Path(args.runs_dir) / "bench" / f"model-{now().replace(':', '')}.parquet"
-    write_parquet(out, df)
-    print(f"table: {out}")
+    save_table(df, args.out, args.runs_dir, "model")
     return 0
+
+
+def save_table(df, out: str | None, runs_dir: str, kind: str) -> None:
+    """A benchmark's long table, atomically, at --out or <runs_dir>/bench/<kind>-<time>.parquet."""
+    from pathlib import Path
+
+    from harness.atomic import write_parquet
+    from harness.rundir import now
+
+    path = Path(out) if out else Path(runs_dir) / "bench" / f"{kind}-{now().replace(':', '')}.parquet"
+    write_parquet(path, df)
+    print(f"table: {path}")
 
 
 def register(sub) -> None:

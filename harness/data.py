@@ -226,6 +226,17 @@ def _val_names(cfg) -> list[str]:
     return sorted({v.strip() for v in cfg.data.val_files.split(",") if v.strip()})
 
 
+def _check_val_names(corpus: Path, names: list[str], val_names: list[str], example: str, unit: str) -> None:
+    """data.val_files must name files of the corpus and leave one for training: one line if not."""
+    missing = [v for v in val_names if v not in names]
+    if missing:
+        shown = ", ".join(names[:10]) + (f", ... ({len(names)} files)" if len(names) > 10 else "")
+        raise UserError(f"validation file(s) {', '.join(missing)} not in {corpus} (it has: {shown}); set data.val_files "
+                        f"to some of those{example}, or data.val_files='' to hold out the last data.val_fraction of {unit}")
+    if all(n in val_names for n in names):
+        raise UserError(f"every file of {corpus} is in data.val_files; leave at least one for training")
+
+
 def _capped(docs: Iterable[str], max_bytes: int, stats: dict) -> Iterator[str]:
     """Documents until `max_bytes` UTF-8 bytes (0 = all); the last one is cut to fit. `stats`
     counts what was given ("docs", "bytes") and whether the cap cut ("truncated").
@@ -279,16 +290,8 @@ def split_documents(cfg, corpus: Path, files: list[tuple[str, Path]]) -> _Split:
     names = [name for name, _ in files]
     val_names = _val_names(cfg)
     if val_names:
-        missing = [v for v in val_names if v not in names]
-        if missing:
-            shown = ", ".join(names[:10]) + (f", ... ({len(names)} files)" if len(names) > 10 else "")
-            raise UserError(
-                f"validation file(s) {', '.join(missing)} not in {corpus} (it has: {shown}); set data.val_files "
-                "to some of those, or data.val_files='' to hold out the last data.val_fraction of documents"
-            )
+        _check_val_names(corpus, names, val_names, "", "documents")
         train_files = [(n, p) for n, p in files if n not in val_names]
-        if not train_files:
-            raise UserError(f"every file of {corpus} is in data.val_files; leave at least one for training")
         val = list(_docs_of([p for n, p in files if n in val_names], cfg.data.text_field))
         train = _Stream([p for _, p in train_files], cfg.data.text_field, cfg.data.max_bytes)
         labels = {n: "val" if n in val_names else "train" for n in names}
@@ -618,14 +621,7 @@ def _split_tokens(cfg, corpus: Path, files: list[tuple[str, Path]], lengths: dic
     names = [n for n, _ in files]
     val_names = _val_names(cfg)
     if val_names:
-        missing = [v for v in val_names if v not in names]
-        if missing:
-            shown = ", ".join(names[:10]) + (f", ... ({len(names)} files)" if len(names) > 10 else "")
-            raise UserError(f"validation file(s) {', '.join(missing)} not in {corpus} (it has: {shown}); set data.val_files "
-                            "to some of those (e.g. fineweb_val_000000.bin), or data.val_files='' to hold out the last "
-                            "data.val_fraction of tokens")
-        if all(n in val_names for n in names):
-            raise UserError(f"every file of {corpus} is in data.val_files; leave at least one for training")
+        _check_val_names(corpus, names, val_names, " (e.g. fineweb_val_000000.bin)", "tokens")
         return {split: [[n, 0, lengths[n]] for n in names if (n in val_names) == (split == "val")] for split in ("train", "val")}
     total = sum(lengths.values())
     cut = total - min(max(1, round(total * cfg.data.val_fraction)), max(total - 1, 0))
