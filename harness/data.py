@@ -1,6 +1,6 @@
 """Corpus reading, train/val split, cached token shards, and deterministic batches.
 
-`prepare(cfg)` turns a text corpus (.txt, .jsonl, .json, optionally gzipped, or .parquet read
+`prepare(cfg)` streams a text corpus (.txt, .jsonl, .json, optionally gzipped, or .parquet read
 one row group at a time) into two flat token files (`train.bin`, `val.bin`) plus a
 `meta.json`, cached under a name hashed from everything that changes the tokens, so a grid
 of runs tokenizes once. A corpus of pre-tokenized .bin shards (nanoGPT, modded-nanogpt) is
@@ -215,8 +215,8 @@ def _json_texts(text: str, path: Path, field: str = "text") -> list[str]:
 # ---------------------------------------------------------------------- the split
 @dataclass
 class _Split:
-    train: list[str] | _Stream  # streamed when validation files are named; the split is then known without reading
-    val: list[str]
+    train: list[str] | _Stream  # a list only for a one-document corpus; otherwise read from the files on each pass
+    val: list[str] | _Stream
     labels: dict[str, str]  # file name -> "train", "val" or "train+val"
     train_bytes: int | None  # None for a stream until it has been read
     truncated: bool | None
@@ -266,57 +266,69 @@ def _cap(docs: Iterable[str], max_bytes: int) -> tuple[list[str], int, bool]:
 
 
 class _Stream:
-    """Training documents read from their files again on each pass (BPE training, then
-    tokenizing) and never held in memory; data.max_bytes cuts every pass alike. `stats` is
-    that of the last complete pass."""
+    """Documents read from their files again on each pass (BPE training, then tokenizing) and
+    never held in memory. `parts` are (path, first, stop): the documents of `path` numbered
+    first..stop-1 within it (stop None: to its end). data.max_bytes cuts every pass alike;
+    `stats` is that of the last complete pass."""
 
-    def __init__(self, paths: list[Path], text_field: str, max_bytes: int):
-        self.paths, self.text_field, self.max_bytes = paths, text_field, max_bytes
+    def __init__(self, parts: list[tuple[Path, int, int | None]], text_field: str, max_bytes: int = 0):
+        self.parts, self.text_field, self.max_bytes = parts, text_field, max_bytes
         self.stats: dict = {}
 
     def __iter__(self) -> Iterator[str]:
         stats: dict = {}
-        yield from _capped(_docs_of(self.paths, self.text_field), self.max_bytes, stats)
+        yield from _capped(self._documents(), self.max_bytes, stats)
         self.stats = stats
 
+    def _documents(self) -> Iterator[str]:
+        for path, first, stop in self.parts:
+            yield from itertools.islice(iter_documents(path, self.text_field), first, stop)
 
-def _docs_of(paths: list[Path], text_field: str = "text") -> Iterator[str]:
-    for p in paths:
-        yield from iter_documents(p, text_field)
+
+def _whole(paths: list[Path]) -> list[tuple[Path, int, None]]:
+    return [(p, 0, None) for p in paths]
 
 
 def split_documents(cfg, corpus: Path, files: list[tuple[str, Path]]) -> _Split:
-    """Training and validation documents: data.val_files by name, else the last val_fraction."""
+    """Training and validation documents: data.val_files by name, else the last val_fraction.
+
+    Both splits are streams read from the files as they are needed. Holding out a fraction
+    first counts each file's documents (one reading pass that keeps none of them), so a corpus
+    larger than memory splits like a small one."""
     names = [name for name, _ in files]
+    field = cfg.data.text_field
     val_names = _val_names(cfg)
     if val_names:
         _check_val_names(corpus, names, val_names, "", "documents")
-        train_files = [(n, p) for n, p in files if n not in val_names]
-        val = list(_docs_of([p for n, p in files if n in val_names], cfg.data.text_field))
-        train = _Stream([p for _, p in train_files], cfg.data.text_field, cfg.data.max_bytes)
+        val = _Stream(_whole([p for n, p in files if n in val_names]), field)
+        train = _Stream(_whole([p for n, p in files if n not in val_names]), field, cfg.data.max_bytes)
         labels = {n: "val" if n in val_names else "train" for n in names}
         return _Split(train, val, labels, None, None)
-    per_file = [(n, read_documents(p, cfg.data.text_field)) for n, p in files]
-    docs = [d for _, ds in per_file for d in ds]
-    if len(docs) == 1 and len(docs[0]) > 1:
-        # one plain-text file (a book, tinyshakespeare): hold out its tail, cut at a line break
-        text = docs[0]
+    counts = [sum(1 for _ in iter_documents(p, field)) for _, p in files]
+    total = sum(counts)
+    if total == 1 and len(text := next(iter(_Stream(_whole([p for _, p in files]), field)))) > 1:
+        # one plain-text document (a book, tinyshakespeare): hold out its tail, cut at a line break
         cut = round(len(text) * (1 - cfg.data.val_fraction))
         cut = text.rfind("\n", 1, cut) + 1 or cut
-        docs = [text[:cut], text[cut:]]
-        per_file = [(per_file[0][0], docs)]
-    if len(docs) < 2:
+        labels = {n: "train+val" if c else "train" for (n, _), c in zip(files, counts)}
+        train, nbytes, truncated = _cap([text[:cut]], cfg.data.max_bytes)
+        return _Split(train, [text[cut:]], labels, nbytes, truncated)
+    if total < 2:
         raise UserError(
-            f"{corpus} holds {len(docs)} document(s), too few to hold out data.val_fraction of them; "
+            f"{corpus} holds {total} document(s), too few to hold out data.val_fraction of them; "
             "add documents (one per .txt file, <doc> or .jsonl line) or name a validation file in data.val_files"
         )
-    n_val = min(max(1, round(len(docs) * cfg.data.val_fraction)), len(docs) - 1)
-    first_val, labels, end = len(docs) - n_val, {}, 0
-    for n, ds in per_file:
-        start, end = end, end + len(ds)
+    n_val = min(max(1, round(total * cfg.data.val_fraction)), total - 1)
+    first_val = total - n_val
+    labels, train_parts, val_parts, end = {}, [], [], 0
+    for (n, p), c in zip(files, counts):
+        start, end = end, end + c
         labels[n] = "val" if start >= first_val else "train" if end <= first_val else "train+val"
-    train, nbytes, truncated = _cap(docs[:first_val], cfg.data.max_bytes)
-    return _Split(train, docs[first_val:], labels, nbytes, truncated)
+        if start < first_val:
+            train_parts.append((p, 0, min(c, first_val - start)))
+        if end > first_val:
+            val_parts.append((p, max(0, first_val - start), None))
+    return _Split(_Stream(train_parts, field, cfg.data.max_bytes), _Stream(val_parts, field), labels, None, None)
 
 
 # ---------------------------------------------------------------------- the cache
@@ -489,15 +501,11 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
     else:
         tok = ByteTokenizer()
     dtype = np.uint16 if tok.vocab_size <= 2**16 else np.uint32
-    docs = f"the training files and {len(split.val):,} validation documents" if streamed else f"{len(split.train) + len(split.val):,} documents"
-    log(f"data: tokenizing {docs} of {corpus.name} with the {tok.kind} tokenizer")
-    train_tokens = _write_tokens(out / "train.bin", tok, split.train, dtype)
-    val_tokens = _write_tokens(out / "val.bin", tok, split.val, dtype)
-    if streamed:
-        train_docs, split.train_bytes, split.truncated = split.train.stats["docs"], split.train.stats["bytes"], split.train.stats["truncated"]
-    else:
-        train_docs = len(split.train)
-    val_bytes = sum(len(d.encode("utf-8")) for d in split.val)
+    log(f"data: tokenizing the documents of {corpus.name} with the {tok.kind} tokenizer")
+    train, val = {}, {}  # what each pass read: docs, bytes
+    train_tokens = _write_tokens(out / "train.bin", tok, _capped(split.train, 0, train), dtype)
+    val_tokens = _write_tokens(out / "val.bin", tok, _capped(split.val, 0, val), dtype)
+    truncated = split.train.stats["truncated"] if streamed else split.truncated
     meta = {
         "format": FORMAT,
         "dtype": np.dtype(dtype).name,
@@ -506,13 +514,13 @@ def _build(cfg, corpus: Path, files: list[tuple[str, Path]], out: Path, log: Cal
         "eot_id": tok.eot_id,
         "train_tokens": train_tokens,
         "val_tokens": val_tokens,
-        "train_docs": train_docs,
-        "val_docs": len(split.val),
-        "train_bytes": split.train_bytes,
-        "val_bytes": val_bytes,
-        "train_tokens_per_byte": train_tokens / max(split.train_bytes, 1),  # eot tokens included
-        "val_tokens_per_byte": val_tokens / max(val_bytes, 1),
-        "truncated_by_max_bytes": split.truncated,
+        "train_docs": train["docs"],
+        "val_docs": val["docs"],
+        "train_bytes": train["bytes"],
+        "val_bytes": val["bytes"],
+        "train_tokens_per_byte": train_tokens / max(train["bytes"], 1),  # eot tokens included
+        "val_tokens_per_byte": val_tokens / max(val["bytes"], 1),
+        "truncated_by_max_bytes": truncated,
         "corpus": str(corpus),
         "sources": [{"name": n, "bytes": p.stat().st_size, "split": split.labels[n]} for n, p in files],
         "settings": dataclasses.asdict(cfg.data),

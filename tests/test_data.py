@@ -117,7 +117,7 @@ def test_split_by_val_files_and_missing_val_file(tmp_path):
     corpus, docs = wiki_corpus(tmp_path)
     cfg = make_cfg(tmp_path, corpus, val_files="wiki_01.gz")
     split = data.split_documents(cfg, corpus, corpus_files(corpus))
-    assert split.val == docs["wiki_01.gz"]
+    assert list(split.val) == docs["wiki_01.gz"]
     assert list(split.train) == docs["wiki_00.gz"] + docs["wiki_02.gz"]  # streamed from the files
     cfg.data.val_files = "wiki_01.gz, wiki_77.gz"
     with pytest.raises(UserError, match=r"wiki_77\.gz not in .*it has: wiki_00\.gz, wiki_01\.gz, wiki_02\.gz"):
@@ -129,12 +129,13 @@ def test_split_by_val_fraction_and_max_bytes(tmp_path):
     all_docs = docs["wiki_00.gz"] + docs["wiki_01.gz"]
     cfg = make_cfg(tmp_path, corpus, val_fraction=0.2)
     split = data.split_documents(cfg, corpus, corpus_files(corpus))
-    assert split.val == all_docs[-2:] and split.train == all_docs[:-2]
+    assert list(split.val) == all_docs[-2:] and list(split.train) == all_docs[:-2]
     assert split.labels == {"wiki_00.gz": "train", "wiki_01.gz": "train+val"}
     cfg.data.max_bytes = len(all_docs[0].encode()) + 10  # caps training text only
     split = data.split_documents(cfg, corpus, corpus_files(corpus))
-    assert split.train == [all_docs[0], all_docs[1].encode()[:10].decode()] and split.train_bytes == cfg.data.max_bytes
-    assert split.val == all_docs[-2:] and split.truncated
+    assert list(split.train) == [all_docs[0], all_docs[1].encode()[:10].decode()]
+    assert split.train.stats == {"docs": 2, "bytes": cfg.data.max_bytes, "truncated": True}
+    assert list(split.val) == all_docs[-2:]
     single = tmp_path / "one.txt"  # one plain-text document: its tail is held out at a line break
     single.write_text("".join(f"line {i}\n" for i in range(100)))
     split = data.split_documents(make_cfg(tmp_path, single), single, corpus_files(single))

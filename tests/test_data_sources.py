@@ -259,8 +259,8 @@ def test_new_data_fields_change_no_existing_id():
 
 # ---------------------------------------------------------------------- streaming
 def test_with_validation_files_named_the_training_text_is_streamed(tmp_path, monkeypatch):
-    """Only the validation files are read up front; the training files are read as they are
-    tokenized, a chunk at a time, and data.max_bytes still cuts them."""
+    """Nothing is read up front; the files are read as they are tokenized, a chunk at a time,
+    and data.max_bytes still cuts the training ones."""
     from harness import data
 
     corpus = tmp_path / "pq"
@@ -273,17 +273,48 @@ def test_with_validation_files_named_the_training_text_is_streamed(tmp_path, mon
     real = data.iter_documents
     monkeypatch.setattr(data, "iter_documents", lambda p, f="text": (opened.append(p.name), real(p, f))[1])
     split = data.split_documents(cfg, corpus, corpus_files(corpus))
-    assert opened == ["002.parquet"] and split.val == docs[8:]
+    assert opened == [] and list(split.val) == docs[8:] and opened == ["002.parquet"]
     batches = []
     real_write = data._write_tokens
     monkeypatch.setattr(data, "_write_tokens", lambda path, tok, d, dtype: real_write(path, tok, d, dtype, chunk=2))
     monkeypatch.setattr(data, "iter_documents", lambda p, f="text": (batches.append(p.name), real(p, f))[1])
     prepared = prepare(cfg, log=lambda _: None)
-    assert batches == ["002.parquet", "000.parquet", "001.parquet"]  # val, then train as it is tokenized
+    assert batches == ["000.parquet", "001.parquet", "002.parquet"]  # train as it is tokenized (cut in 001), then val
     meta = prepared.meta
     assert meta["train_bytes"] == cfg.data.max_bytes and meta["truncated_by_max_bytes"] and meta["train_docs"] == 6
     tokens = np.asarray(prepared.train)
     assert bytes(tokens[tokens != 256].astype(np.uint8)).decode() == "".join(docs[:5]) + docs[5][:7]
+
+
+def test_holding_out_a_fraction_never_holds_the_corpus_in_memory(tmp_path):
+    """Without data.val_files the split is still streamed: documents are counted in one pass
+    that keeps none, then each split is read as it is tokenized. The peak of Python's
+    allocations while preparing 8 MB of gzipped JSONL stays far below the corpus size, and the
+    last file is split between training and validation at the right document."""
+    import tracemalloc
+
+    corpus = tmp_path / "web"
+    corpus.mkdir()
+    docs = [doc_text(i, 200) for i in range(8000)]
+    for f in range(4):
+        with gzip.open(corpus / f"part-{f}.jsonl.gz", "wt") as out:
+            out.writelines(json.dumps({"body": d}) + "\n" for d in docs[2000 * f : 2000 * (f + 1)])
+    corpus_bytes = sum(len(d.encode()) for d in docs)
+    assert corpus_bytes > 8e6
+    cfg = make_cfg(tmp_path, corpus, tokenizer="byte", val_fraction=0.1, text_field="body")
+    tracemalloc.start()
+    try:
+        prepared = prepare(cfg, log=lambda _: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < corpus_bytes / 4, f"peak {peak / 1e6:.1f} MB for a {corpus_bytes / 1e6:.1f} MB corpus"
+    meta = prepared.meta
+    assert (meta["train_docs"], meta["val_docs"]) == (7200, 800)
+    assert [s["split"] for s in meta["sources"]] == ["train", "train", "train", "train+val"]
+    val = np.asarray(prepared.val)
+    assert bytes(val[val != 256].astype(np.uint8)).decode() == "".join(docs[7200:])
+    assert meta["train_bytes"] == corpus_bytes - meta["val_bytes"]
 
 
 def test_a_run_trained_with_a_tokenizer_file_loads_for_evaluation_with_it(tmp_path):
