@@ -57,10 +57,13 @@ class Tracker:
     def __init__(self):
         self._tb = self._wandb = None
 
-    def open(self, cfg, run_path: Path, start_step: int) -> None:
+    def open(self, cfg, run_path: Path, start_step: int, log=print) -> None:
         """Start the sinks `cfg.run` asks for. A resumed run (`start_step` > 0) drops what was
         logged after its checkpoint, as metrics.parquet does, so the views show each step once
-        (TensorBoard purges from the step given on: the checkpoint's own step is kept)."""
+        (TensorBoard purges from the step given on: the checkpoint's own step is kept). W&B's own
+        banner and run summary (some thirty lines) are silenced: `log` gets one line saying where
+        the offline run is and how to upload it. A resumed run is a second offline folder with
+        the same run id; `wandb sync` uploads both into one W&B run."""
         if cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -72,7 +75,9 @@ class Tracker:
             self._wandb = wandb.init(mode="offline", dir=str(run_path), project="mhc-bench", group=experiment, name=name,
                                      id=re.sub(r"[^A-Za-z0-9_-]", "_", f"{experiment}-{name}")[:128], resume="allow",
                                      job_type=cfg.variant.name, tags=[cfg.variant.name, f"seed={cfg.train.seed}"],
-                                     config=cfg.to_dict())
+                                     config=cfg.to_dict(), settings=wandb.Settings(silent=True))
+            log(f"wandb: offline run in {self._wandb.settings.sync_dir}; "
+                f"upload with `wandb sync {run_path / WANDB_DIR}/offline-run-*`")
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         values = {k: float(v) for k, v in scalars.items() if v is not None}

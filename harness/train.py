@@ -347,7 +347,7 @@ def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distribu
     run.write_status("running", step=step, steps=t.steps)
     where.started = True
     if dist.is_main:
-        tracker.open(cfg, run.path, step)
+        tracker.open(cfg, run.path, step, log=run.log)
 
     def checkpoint():
         model_state, optim_state = dist.full_state(model, optimizer)  # gathers the shards under FSDP

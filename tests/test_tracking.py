@@ -1,10 +1,8 @@
 """Live views of runs (harness/tracking.py, slurm/dispatch.py): TensorBoard event files, W&B
 offline, the running status `grid status` shows, and a local grid's progress line."""
 
-import importlib.machinery
 import json
 import sys
-import types
 from pathlib import Path
 
 import pandas as pd
@@ -80,32 +78,76 @@ def test_wandb_without_the_package_is_one_clear_refusal(tiny_cfg, tmp_path, monk
     assert code == 2 and err == [err[-1]] and err[-1].startswith("mhc-bench: error: run.wandb=offline needs the wandb package")
 
 
-def test_wandb_offline_run_is_named_by_experiment_variant_and_seed(tiny_cfg, tmp_path, monkeypatch, single_thread):
-    calls = {"init": [], "log": [], "finish": 0}
+def wandb_history(offline_run: Path) -> tuple[dict, dict[int, dict]]:
+    """(run record, {step: logged values}) of one offline W&B run, read from its transaction
+    log: a 7-byte header, then LevelDB log records (32 KiB blocks, each piece with a 7-byte
+    header: crc, length, type FULL=1 / FIRST=2 / MIDDLE=3 / LAST=4) holding `Record` protobufs."""
+    import struct
 
-    class FakeRun:
-        def log(self, values, step):
-            calls["log"].append((step, values))
+    from wandb.proto import wandb_internal_pb2 as pb
 
-        def finish(self):
-            calls["finish"] += 1
+    [path] = offline_run.glob("*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a W&B transaction log"
+    run, history, pos, piece = {}, {}, 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
+        if kind == 0:  # block padding
+            pos += left
+            continue
+        piece, pos = piece + data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(piece)
+            piece = b""
+            if record.WhichOneof("record_type") == "run":
+                r = record.run
+                run = {"id": r.run_id, "name": r.display_name, "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags),
+                       "config": {i.key: json.loads(i.value_json) for i in r.config.update}}
+            elif record.WhichOneof("record_type") == "history":
+                history[record.history.step.num] = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                                                    for i in record.history.item}
+    return run, history
 
-    fake = types.ModuleType("wandb")
-    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
-    fake.init = lambda **kw: calls["init"].append(kw) or FakeRun()
-    monkeypatch.setitem(sys.modules, "wandb", fake)
+
+def test_wandb_offline_with_the_real_package_holds_what_the_run_records(tiny_cfg, tmp_path, monkeypatch, single_thread):
+    """The installed wandb package, offline: an interrupted and resumed run leaves two offline
+    folders of one run id that `wandb sync` would upload into one W&B run; what they hold, later
+    values winning, is metrics.parquet's train and validation losses step for step."""
     from harness.train import train
 
-    cfg = tiny_cfg("train.steps=3", "train.diag_every=0", "train.seed=7", "run.wandb=offline")
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    cfg = tiny_cfg("train.steps=5", "train.eval_every=3", "train.checkpoint_every=2", "train.diag_every=0",
+                   "train.seed=7", "run.wandb=offline")
     cfg.run.runs_dir = str(tmp_path / "runs" / "my-exp")
     cfg.run.name = "identity-seed=7"
-    train(cfg)
-    [init] = calls["init"]
-    assert init["mode"] == "offline" and init["group"] == "my-exp" and init["name"] == "identity-seed=7"
-    assert init["dir"] == str(tmp_path / "runs" / "my-exp" / "identity-seed=7")
-    assert set(init["tags"]) == {"identity", "seed=7"} and init["config"]["train"]["seed"] == 7
-    train_steps = [step for step, values in calls["log"] if "train/loss" in values]
-    assert train_steps == [1, 2, 3] and calls["finish"] == 1
+
+    def interrupt(step, val):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, on_validation=interrupt)
+    result = train(cfg, resume=True)
+    folders = sorted((result.run_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2
+    merged, runs = {}, []
+    for folder in folders:
+        run, history = wandb_history(folder)
+        runs.append(run)
+        for step, values in history.items():
+            merged.setdefault(step, {}).update(values)
+    assert runs[0] == runs[1] and runs[0]["name"] == "identity-seed=7" and runs[0]["group"] == "my-exp"
+    assert runs[0]["job_type"] == "identity" and set(runs[0]["tags"]) == {"identity", "seed=7"}
+    assert runs[0]["config"]["train"]["seed"] == 7 and runs[0]["config"]["variant"]["name"] == "identity"
+    metrics = pd.read_parquet(result.run_dir / "metrics.parquet")
+    for split, key in (("train", "train/loss"), ("val", "val/loss")):
+        rows = metrics[metrics.split == split]
+        assert [s for s in sorted(merged) if key in merged[s]] == rows.step.tolist()
+        assert [merged[s][key] for s in rows.step] == pytest.approx(rows.loss.tolist(), rel=1e-6)
+    log = (result.run_dir / "train.log").read_text()
+    assert log.count("wandb: offline run in") == 2 and "Run summary" not in log
 
 
 def test_a_running_status_holds_the_step_and_last_train_loss(tiny_cfg, monkeypatch, single_thread):
