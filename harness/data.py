@@ -343,7 +343,7 @@ class PreparedData:
     meta: dict
 
 
-def _pretokenized(files: list[tuple[str, Path]]) -> bool:
+def is_pretokenized(files: list[tuple[str, Path]]) -> bool:
     return _format(files[0][1]) == "bin"
 
 
@@ -384,7 +384,7 @@ def _cache_key(cfg, corpus: Path, files: list[tuple[str, Path]]) -> dict:
         key["tokenizer_sha256"] = _file_digest(_tokenizer_file(cfg))
     if d.text_field != "text":
         key["text_field"] = d.text_field
-    if files and _pretokenized(files):
+    if files and is_pretokenized(files):
         key.update(shard_format=d.shard_format, shard_vocab_size=d.shard_vocab_size)
         key["files"] = [[name, p.stat().st_size, p.stat().st_mtime_ns] for name, p in files]  # checked ids: any rewrite re-checks
     return key
@@ -398,7 +398,7 @@ def shard_dir(cfg, corpus: Path | None = None, files=None) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     vocab = f"-{cfg.data.vocab_size}" if cfg.data.tokenizer == "bpe" else ""
     label = "file" if is_tokenizer_file(cfg.data.tokenizer) else cfg.data.tokenizer
-    if files and _pretokenized(files):
+    if files and is_pretokenized(files):
         label, vocab = "tokens", ""
     root = Path(cfg.data.cache_dir or Path(cfg.run.runs_dir) / "data").expanduser().resolve()
     return root / f"{corpus.name.split('.')[0] or 'corpus'}-{label}{vocab}-{digest}"
@@ -473,7 +473,7 @@ def prepare(cfg, log: Callable[[str], None] = _stderr) -> PreparedData:
             tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()  # not mkdtemp: its 0700 mode would hide a shared cache from the group
             try:
-                build = _build_pretokenized if _pretokenized(files) else _build
+                build = _build_pretokenized if is_pretokenized(files) else _build
                 meta = build(cfg, corpus, files, tmp, log)
                 os.rename(tmp, final)
             except BaseException:

@@ -261,7 +261,7 @@ def test_eval_figure_puts_metrics_of_opposite_directions_on_their_own_axes(drawn
     plots.eval_scores(pd.DataFrame(rows), tmp_path / "evals.png")
     panels = {ax.get_title(): ax.get_xlabel() for ax in drawn["evals.png"].axes if ax.has_data()}
     assert len(panels) == 3 and not any("score" in x for x in panels.values())
-    by_task = {task: next(x for t, x in panels.items() if title in t) for task, title in (("mmlu", "MMLU"), ("drop", "DROP"), ("wiki", "Wikipedia"))}
+    by_task = {task: next(x for t, x in panels.items() if title in t) for task, title in (("mmlu", "MMLU"), ("drop", "DROP"), ("wiki", "Held-out"))}
     assert "higher is better" in by_task["mmlu"] and "higher is better" in by_task["drop"] and "%" in by_task["mmlu"]
     assert "lower is better" in by_task["wiki"] and "bits per byte" in by_task["wiki"]
 

@@ -99,7 +99,6 @@ class OtherPassageSampler(ContextSampler):
 
 # ---------------------------------------------------------------------- held-out text
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
-_WIKI_DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.S)  # as harness.data reads the corpus
 
 
 def wikitext_pages(dataset):
@@ -126,12 +125,3 @@ def wikitext_pages(dataset):
             current.append(line)
         flush(current)
     return Dataset.from_dict({"page": pages})
-
-
-def wiki_documents(dataset):
-    """WikiExtractor files (one row per file) -> one {page} per <doc>, the same documents
-    the training code holds out for validation."""
-    from datasets import Dataset
-
-    pages = [m.group(1).strip("\n") for text in dataset["text"] for m in _WIKI_DOC.finditer(text)]
-    return Dataset.from_dict({"page": [p for p in pages if p.strip()]})

@@ -113,9 +113,9 @@ class Rendered:
 class Renderer:
     """Writes YAMLs into `out_dir`; one method per suite."""
 
-    def __init__(self, out_dir: Path, data_dir: Path, cache_dir: Path, corpus_dir: Path | None, wiki_files: list[Path]):
+    def __init__(self, out_dir: Path, data_dir: Path, cache_dir: Path, corpus_dir: Path | None, heldout: Path | None):
         self.out, self.data, self.cache = Path(out_dir), Path(data_dir), Path(cache_dir)
-        self.corpus_dir, self.wiki_files = corpus_dir, wiki_files
+        self.corpus_dir, self.heldout = corpus_dir, heldout
         self.builtin = lm_eval_tasks_dir()
         self.files: list[Path] = []
 
@@ -181,38 +181,23 @@ class Renderer:
                    TASK=suite.lm_eval_name, WIKITEXT_VALID=str(valid), WIKITEXT_TEST=str(test))
 
     def wiki(self, suite: Suite) -> None:
-        if not self.wiki_files:
-            raise UserError("task 'wiki' scores the run's held-out validation files, but the run has none "
-                            "(data.val_files is empty); use --tasks wikitext2 or the four benchmarks")
-        need(*self.wiki_files)
+        if self.heldout is None:
+            raise UserError("task 'wiki' scores a run's held-out validation documents; render it for a run "
+                            "(mhc-bench eval RUN_DIR --tasks wiki)")
+        need(self.heldout)
         self.write("wiki.yaml", suite.lm_eval_name, BUILTIN=str(self.builtin / "wikitext" / "wikitext.yaml"),
-                   TASK=suite.lm_eval_name, WIKI_FILES=[str(p) for p in self.wiki_files])
+                   TASK=suite.lm_eval_name, HELDOUT=str(self.heldout))
 
 
-def run_wiki_files(cfg) -> list[Path]:
-    """The run's validation files (data.val_files inside its corpus), if it names any."""
-    from harness.data import corpus_path
-
-    names = [v.strip() for v in cfg.data.val_files.split(",") if v.strip()]
-    if not names:
-        return []
-    try:
-        corpus = corpus_path(cfg)
-    except UserError:
-        corpus = Path(cfg.data.corpus)  # reported by need() with the exact file name
-    return [corpus / n for n in sorted(names)]
-
-
-def render_tasks(suites: list[Suite], out_dir, *, data_dir, cache_dir, cfg=None, corpus_dir=None) -> Rendered:
+def render_tasks(suites: list[Suite], out_dir, *, data_dir, cache_dir, heldout=None, corpus_dir=None) -> Rendered:
     """Write the YAMLs of `suites` into a fresh `out_dir` (stale task files would be indexed
-    too). `cfg` is the run's config (for its held-out Wikipedia files)."""
+    too). `heldout` is the run's validation documents as JSONL (harness.eval.heldout)."""
     data_dir = Path(data_dir).expanduser().resolve()
     if not data_dir.is_dir():
         raise UserError(f"evaluation data folder not found: {data_dir} (give --data-dir; the default is ../shared/data/eval)")
     out_dir = Path(out_dir)
-    wiki_files = run_wiki_files(cfg) if cfg is not None else []
     renderer = Renderer(out_dir.with_name(out_dir.name + ".tmp"), data_dir, Path(cache_dir).resolve(),
-                        Path(corpus_dir).resolve() if corpus_dir else None, wiki_files)
+                        Path(corpus_dir).resolve() if corpus_dir else None, Path(heldout) if heldout else None)
     shutil.rmtree(renderer.out, ignore_errors=True)
     for suite in suites:
         getattr(renderer, suite.key)(suite)  # checks its files before writing anything of its own

@@ -131,9 +131,10 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
 
     from harness.eval import cache
     from harness.eval.loading import read_config
+    from harness.eval.quiet import console as console_stream
     from harness.train import resolve_device
 
-    console = sys.stderr  # before any redirection
+    console = console_stream()  # before any redirection: stays on the terminal
     log = log or _printer(console)
     require_lm_eval()
     check_options(suites, limit, num_fewshot)
@@ -141,7 +142,7 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
     eval_dir = run_dir / "eval"
     cache_dir = eval_dir / cache.CACHE_DIR
     taskset = taskset or new_taskset(suites, run_dir, data_dir, include_path)
-    rendered = taskset.render(run_dir, read_config(run_dir))
+    rendered = taskset.render(run_dir, read_config(run_dir), limit)
     definitions = taskset.definitions(rendered)
     keys, rows_by_suite = {}, {}
     if lm is None:
@@ -331,7 +332,9 @@ def evaluate(target, tasks: str = "paper", **options):
             raise UserError(f"--include-path {p}: not a folder (give a folder of lm-eval task YAMLs)")
     suites = resolve_tasks(tasks, include_path, runs[0])
     check_options(suites, options.get("limit"), options.get("num_fewshot"))
-    log = options.pop("log", None) or _printer(sys.stderr)
+    from harness.eval.quiet import console
+
+    log = options.pop("log", None) or _printer(console())
     taskset = new_taskset(suites, runs[0], options.pop("data_dir", None), include_path)
     frames = []
     for i, run_dir in enumerate(runs, 1):

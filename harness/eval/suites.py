@@ -61,14 +61,17 @@ SUITES: dict[str, Suite] = {s.key: s for s in (
           "WikiText-2 test as shipped (the tokenized release with <unk>, not lm-eval's raw one) "
           "through lm-eval's detokenizer; scored in disjoint windows of model.seq_len tokens",
           "the tokenized WikiText-2 release: not comparable with published WikiText numbers"),
-    Suite("wiki", "mhc_wiki", "Wikipedia held-out", 0, "bits_per_byte", "none", 1.0,
-          "the run's validation files (wiki_48, wiki_49: never trained on), one document per "
-          "article; scored in disjoint windows of model.seq_len tokens"),
+    Suite("wiki", "mhc_wiki", "Held-out text", 0, "bits_per_byte", "none", 1.0,
+          "the run's validation documents, never trained on (data.val_files, else the last "
+          "data.val_fraction; wiki_48 and wiki_49 of the default Wikipedia corpus), one per article, "
+          "row or line; token shards decoded with the run's tokenizer; scored in disjoint windows "
+          "of model.seq_len tokens"),
 )}
 
 ALIASES: dict[str, tuple[str, ...]] = {
     "paper": ("bbh", "drop", "gsm8k", "mmlu"),  # the paper's Table 4 columns we can run
     "ppl": ("wiki", "wikitext2"),  # held-out perplexity / bits per byte
+    "heldout": ("wiki",),  # the run's own validation documents, whatever the corpus
     "all": tuple(SUITES),
 }
 

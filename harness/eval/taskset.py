@@ -55,7 +55,7 @@ class TaskSet:
         self.own = [s for s in suites if not s.external]
         self.data_dir, self.hf_cache = Path(data_dir), Path(hf_cache).resolve()
         self.include_path = search_path(include_path)
-        self._rendered: dict[tuple, Path] = {}  # held-out files -> the first folder rendered for them
+        self._rendered: dict[Path | None, Path] = {}  # held-out documents -> the first folder rendered for them
         self._managers: dict[str, object] = {}  # rendering's content hash -> TaskManager
         self._objects: dict[tuple[str, str], list] = {}  # (content hash, suite key) -> lm-eval objects
         self.builds: dict[str, int] = {}  # suite key -> times its tasks were built (tests read it)
@@ -66,20 +66,21 @@ class TaskSet:
         return lm_eval_index(self.include_path)
 
     # ------------------------------------------------------------------ YAMLs
-    def render(self, run_dir: Path, cfg) -> Path:
-        """Write the YAMLs of our suites into <run>/eval/tasks; the run's held-out files are
-        the only run-dependent input, so runs that share them get a copy of one rendering."""
-        from harness.eval.render import render_tasks, run_wiki_files
+    def render(self, run_dir: Path, cfg, limit: int | None = None) -> Path:
+        """Write the YAMLs of our suites into <run>/eval/tasks; the run's held-out documents
+        are the only run-dependent input, so runs that share them get a copy of one rendering."""
+        from harness.eval.heldout import heldout_file
+        from harness.eval.render import render_tasks
 
         out = Path(run_dir) / "eval" / "tasks"
-        wiki = tuple(map(str, run_wiki_files(cfg))) if any(s.key == "wiki" for s in self.own) else ()
-        first = self._rendered.get(wiki)
+        heldout = heldout_file(cfg, run_dir, shared_dir(run_dir), limit) if any(s.key == "wiki" for s in self.own) else None
+        first = self._rendered.get(heldout)
         if not self.own:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
         elif first is None or not first.is_dir():
-            render_tasks(self.own, out, data_dir=self.data_dir, cache_dir=self.hf_cache, cfg=cfg)
-            self._rendered[wiki] = out
+            render_tasks(self.own, out, data_dir=self.data_dir, cache_dir=self.hf_cache, heldout=heldout)
+            self._rendered[heldout] = out
         elif first != out:
             tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
