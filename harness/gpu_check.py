@@ -11,11 +11,14 @@ pandas, pyarrow and pytest, but no lm-eval, submitit or optuna, so nothing here 
   3. kernels   `bench kernels` at the paper's shapes, bf16, ours beside Liger-Kernel's and the
                PyTorch reference, against the copy bandwidth measured in the same run
   4. model     `bench model` at gpt-s: identity / hc / mhc / mhc-lite x torch / compile / triton
+  5. data      `bench data` at gpt-s on modded-nanogpt shards, up to the tensors on the GPU
+               (pinned-memory copy included), against the tokens/s step 4 measures
 
 Every step has its own time limit; one that fails or runs out of time is logged and the next
 one runs, so a short lease still brings back what finished. Everything goes to OUT ($OUT when
 the device tool runs it, else runs/gpu-check/<time>/): gpu-check.log (what ran, how long, exit
-status), tests.log, precision.parquet, bench-kernels.parquet, bench-model.parquet, env.json.
+status), tests.log, precision.parquet, bench-kernels.parquet, bench-model.parquet,
+bench-data.parquet, env.json.
 
 Optional extras carried to the machine (the device has no network): Liger-Kernel's wheel in
 .gpu-wheels/ (installed there with --no-deps into .gpu-wheels/site) and a few corpus shards in
@@ -58,6 +61,9 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
             ("model", py + ["-m", "harness", "bench", "model", "--preset", "tiny", "--variants", "identity,mhc",
                             "--backends", "torch", "--peers", "none", "--rounds", "2", "--steps", "1", "--warmup", "1",
                             "--device", "cpu", "--out", str(out / "bench-model.parquet")], 600),
+            ("data", py + ["-m", "harness", "bench", "data", "--preset", "tiny", "--sources", "modded-nanogpt", "--rounds", "1",
+                           "--steps", "1", "--warmup", "1", "--shard-tokens", "200000", "--device", "cpu",
+                           "--runs-dir", str(out / "runs"), "--out", str(out / "bench-data.parquet")], 300),
         ]
     return [
         ("tests", py + ["-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", *KERNEL_TESTS,
@@ -69,6 +75,8 @@ def steps(out: Path, dry_run: bool) -> list[tuple[str, list[str], int]]:
         ("model", py + ["-m", "harness", "bench", "model", "--preset", "gpt-s", "--variants", "identity,hc,mhc,mhc-lite",
                         "--backends", "torch,compile,triton", "--peers", "none", "--rounds", "3", "--steps", "3",
                         "--warmup", "2", "--device", "cuda", "--out", str(out / "bench-model.parquet")], 170),
+        ("data", py + ["-m", "harness", "bench", "data", "--preset", "gpt-s", "--sources", "modded-nanogpt", "--rounds", "3",
+                       "--device", "cuda", "--runs-dir", str(out / "runs"), "--out", str(out / "bench-data.parquet")], 45),
     ]
 
 

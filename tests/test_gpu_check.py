@@ -30,7 +30,7 @@ def test_dry_run_writes_every_output_without_the_optional_packages(tmp_path):
     log = (out / "gpu-check.log").read_text() if (out / "gpu-check.log").exists() else r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     info = json.loads((out / "env.json").read_text())
-    assert info["dry_run"] and set(info["steps"]) == {"tests", "precision", "kernels", "model"}
+    assert info["dry_run"] and set(info["steps"]) == {"tests", "precision", "kernels", "model", "data"}
     assert all(s["status"] == 0 for s in info["steps"].values()), info["steps"]
     assert "passed" in (out / "tests.log").read_text()
     precision = pd.read_parquet(out / "precision.parquet")
@@ -39,6 +39,8 @@ def test_dry_run_writes_every_output_without_the_optional_packages(tmp_path):
     assert {"torch", "triton", "liger"} <= set(kernels.provider)
     model = pd.read_parquet(out / "bench-model.parquet")
     assert {"identity", "mhc"} <= set(model.variant)
+    data = pd.read_parquet(out / "bench-data.parquet")
+    assert set(data.source) == {"modded-nanogpt"} and (data[data.metric == "tokens_per_s"].value > 0).all()
 
 
 def test_without_a_gpu_the_real_run_refuses_in_one_line(tmp_path):
