@@ -2,12 +2,12 @@
 
     H_res = SK(L)        L: (..., n, n) logits -> (..., n, n), fp32 whatever L's dtype
 
-The reference is variants/sinkhorn.py (the maths the variants run; its module doc defines
-the 'paper' and 'kernel' conventions). The Triton kernels (kernels/sinkhorn_triton.py) keep
-the matrix in registers for all k rounds; the backward saves only the logits and recomputes
-the iterations on-chip, so it is the exact gradient of the finite-k map. The fused
-coefficient kernel (kernels/coefficients.py) uses the same device functions; this op exists
-to test and time them alone. 'converged' has a data-dependent round count per matrix (up to
+The reference is kernels/sinkhorn_reference.py (the maths the variants run; its module doc
+defines the 'paper' and 'kernel' conventions, and why 'paper' runs in the log domain). The
+Triton kernels (kernels/sinkhorn_triton.py) keep the matrix in registers for all k rounds; the
+backward saves only the logits and recomputes the iterations on-chip, so it is the exact
+gradient of the finite-k map. The fused coefficient kernel (kernels/coefficients.py) uses the
+same device functions; this op exists to test and time them alone. 'converged' has a data-dependent round count per matrix (up to
 sk_max_iters, thousands for badly scaled logits), so it has no kernel: a reference to measure against.
 """
 

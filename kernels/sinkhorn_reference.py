@@ -20,6 +20,16 @@ depends on the order of the normalisations, so three conventions are kept apart 
                <= tol (or max_iters rounds), each matrix stopping on its own: the exact
                projection, a reference to measure the finite-k modes against.
 
+The paper and converged modes run in the log domain: they keep log M, starting from the logits
+themselves, and normalise a column (row) by subtracting its logsumexp, exponentiating once at
+the end. That is the same finite-k map as the linear recursion above, but nothing underflows
+on the way: in the linear domain a matrix whose logit range exceeds ~87 (fp32) has a whole
+column or row of exp(logits) at 0, whose sum is 0 and whose backward divides by 0, while the
+projection itself is perfectly defined (entries exp(L_ij + u_i + v_j)). In the log domain the
+largest entry of each column and row is exp(0) = 1 before it is normalised, so every sum is
+>= 1 and the forward and backward are finite at any logit range. (The kernel mode needs no
+such care: every entry is >= eps.)
+
 All functions are pure functions of the logits and differentiable through the iterations
 (autograd unrolls them). They compute in float32 whatever the input dtype (never bf16: a
 bf16 Sinkhorn is one of the public-implementation traps), or in float64 if given float64 so
@@ -42,37 +52,37 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _normalise_cols(m: Tensor) -> Tensor:
-    # A column can only sum to 0 if all its entries underflowed (a logit range > ~87 in fp32);
-    # the floor keeps that degenerate case finite instead of 0/0 = NaN.
-    return m / m.sum(dim=-2, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
+def _log_normalise(x: Tensor, dim: int) -> Tensor:
+    """x - logsumexp(x) along dim, as (x - max) - log Σ exp(x - max).
 
-
-def _normalise_rows(m: Tensor) -> Tensor:
-    return m / m.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(m.dtype).tiny)
-
-
-def _exp_shifted(logits: Tensor) -> Tensor:
-    """exp(logits - max) per matrix: the same matrix after any normalisation, but no overflow.
-
-    The max is detached: the normalised result does not depend on the shift, so its gradient
-    through the shift is zero anyway; a kernel would not differentiate through it either.
+    The max is subtracted first: the entries near it, which carry the mass, come out exact or
+    nearly so, one far below it is rounded at its own distance from it (a relative error of
+    the same size on a tiny entry), and only the small log Σ (in [0, log n]) is rounded
+    against the result; a plain x - logsumexp(x) would round every entry at the magnitude of
+    the logits. The max is detached: the result does not depend on it, so its gradient
+    through the max is zero anyway, and what is left is the exact dx = dy - softmax(x) Σ dy.
+    The sum is >= 1 (its largest term is exp(0)), so neither the log nor its derivative can
+    meet a 0.
     """
-    shift = logits.amax(dim=(-2, -1), keepdim=True).detach()
-    return torch.exp(logits - shift)
+    z = x - x.amax(dim=dim, keepdim=True).detach()
+    return z - torch.exp(z).sum(dim=dim, keepdim=True).log()
+
+
+def _log_round(x: Tensor) -> Tensor:
+    """One paper-order round on log M: columns (sums over dim -2), then rows (dim -1)."""
+    return _log_normalise(_log_normalise(x, -2), -1)
 
 
 # ---------------------------------------------------------------------------------------------
-# mHC Eq. 19, paper ordering: M^t = T_r(T_c(M^{t-1})), M^0 = exp(logits)
+# mHC Eq. 19, paper ordering: M^t = T_r(T_c(M^{t-1})), M^0 = exp(logits), in the log domain
 # ---------------------------------------------------------------------------------------------
 def sinkhorn_paper(logits: Tensor, iters: int) -> Tensor:
     x = logits.to(compute_dtype(logits))
     if iters == 0:
-        return torch.exp(x)  # no normalisation: the shift would change the result here
-    m = _exp_shifted(x)
+        return torch.exp(x)  # no normalisation: exp(logits) itself
     for _ in range(iters):
-        m = _normalise_rows(_normalise_cols(m))
-    return m
+        x = _log_round(x)
+    return torch.exp(x)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,18 +111,18 @@ def sinkhorn_converged(logits: Tensor, tol: float, max_iters: int) -> tuple[Tens
     an earlier token's H_res, i.e. leak across time). A matrix still outside tol after
     max_iters rounds has rounds == max_iters and gaps above tol: `capped` says which.
     """
-    m = _exp_shifted(logits.to(compute_dtype(logits)))
-    rounds = torch.zeros(m.shape[:-2], dtype=torch.int64, device=m.device)
-    active = torch.ones(m.shape[:-2], dtype=torch.bool, device=m.device)
+    x = logits.to(compute_dtype(logits))  # log M, as in sinkhorn_paper
+    rounds = torch.zeros(x.shape[:-2], dtype=torch.int64, device=x.device)
+    active = torch.ones(x.shape[:-2], dtype=torch.bool, device=x.device)
     for _ in range(max_iters):
-        m = torch.where(active[..., None, None], _normalise_rows(_normalise_cols(m)), m)
+        x = torch.where(active[..., None, None], _log_round(x), x)
         rounds = rounds + active
         with torch.no_grad():
-            row_gap, col_gap = stochasticity_gaps(m)
+            row_gap, col_gap = stochasticity_gaps(torch.exp(x))
             active = active & ~(torch.maximum(row_gap, col_gap) <= tol)  # NaN never counts as converged; a new tensor: where() saved the old one
             if not active.any():
                 break
-    return m, rounds
+    return torch.exp(x), rounds
 
 
 def capped(m: Tensor, tol: float) -> Tensor:

@@ -2,21 +2,28 @@
 
 Imported lazily by kernels/sinkhorn.py and kernels/coefficients_triton.py (whose fused
 coefficient kernel calls `sk_forward` / `sk_backward` on the logits it has just formed).
-The two finite-k conventions of variants/sinkhorn.py, bit for bit the same algebra:
+The two finite-k conventions of kernels/sinkhorn_reference.py, bit for bit the same algebra:
 
-    MODE 0 (paper)   M⁰ = exp(L - max L); ITERS × [normalise columns, normalise rows];
-                     ITERS = 0: exp(L) with no shift and no normalisation.   (mHC Eq. 19)
+    MODE 0 (paper)   log M⁰ = L; ITERS × [normalise columns, normalise rows], each in the
+                     log domain (x - logsumexp x); H = exp(log M) at the end.
+                     ITERS = 0: exp(L) with no normalisation.                 (mHC Eq. 19)
     MODE 1 (kernel)  softmax_rows(L) + eps, then columns, then (ITERS - 1) × [rows, columns],
                      every sum offset by eps; ITERS = 0: the row softmax + eps alone.
+
+MODE 0 stays finite at any logit range: its logsumexp subtracts the column's (row's) max
+first, so each sum is >= 1 (a linear-domain sum of exp(L - max L) is 0 once a whole column
+sits ~87 below the max, and the backward divides by it); see kernels/sinkhorn_reference.py.
 
 Backward (mHC §3.2 kernel (3)): only the logits are kept. The iterates are recomputed in
 registers with the very same operations as the forward (so bit for bit the forward's), going
 backwards round by round: to back-propagate through round s the kernel needs M^(s-1); it keeps
 one checkpoint iterate, rebuilt from M⁰ whenever the backward crosses into the next chunk of
 ~√k rounds, and replays the rest of the chunk from it: about k^1.5 instead of k²/2 replayed
-rounds (k = 20: 70 instead of 190), and no memory traffic. The gradient is the exact derivative of the k-step map (not the implicit-
-function gradient of the converged projection). Padded rows/columns (i, j >= n) hold 0
-throughout and their gradient is masked to 0.
+rounds (k = 20: 70 instead of 190), and no memory traffic. The gradient is the exact derivative
+of the k-step map (not the implicit-function gradient of the converged projection). In MODE 0,
+y = x - logsumexp(x) along an axis has dx = dy - softmax(x) Σ dy along it, and softmax(x) is
+exp(y), the step's own output; H = exp(log M) adds dlog M = G·H. Padded rows/columns
+(i, j >= n) hold log M = NEG (M = 0) throughout and their gradient is masked to 0.
 """
 
 from __future__ import annotations
@@ -30,21 +37,29 @@ from kernels.backend import empty, launcher, next_pow2, token_tiles
 
 # Module constants a kernel reads must BE tl.constexpr objects: the compiler refuses a global that
 # is merely annotated `x: tl.constexpr = v` (the interpreter accepts it).
-TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(torch.float32).tiny: the 0-sum floor
+TINY = tl.constexpr(1.1754943508222875e-38)  # torch.finfo(torch.float32).tiny: floors a padded row's 0 sum
 NEG = tl.constexpr(-1.0e30)  # stands in for -inf on padded logits (keeps exp/max finite)
 
 
 # ---------------------------------------------------------------------------------------------
-# Normalisation steps are written out inline below: sums over axis 1 (over rows i) are column
-# sums, over axis 2 row sums. (Helper functions would compile to the same code, but the CPU
-# interpreter pays a large fixed cost per nested jit call, and these run k² times.)
+# Normalisation steps: sums over axis 1 (over rows i) are column sums, over axis 2 row sums.
+# MODE 0's log-domain steps are helpers; MODE 1's are written out inline (helpers would compile
+# to the same code, but the CPU interpreter pays a fixed cost per nested jit call).
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _exp_shifted(L, mask):
-    """exp(L - max_valid L) per matrix; 0 on padding."""
-    Lm = tl.where(mask, L, NEG)
-    shift = tl.max(tl.max(Lm, axis=2), axis=1)
-    return tl.where(mask, tl.exp(Lm - shift[:, None, None]), 0.0)
+def _log_cols(x, mask):
+    """x - logsumexp over each column, as (x - max) - log Σ exp(x - max): the sum is >= 1
+    (its largest term is exp(0)), and only the small log Σ is rounded against the result.
+    Padding stays NEG; a fully padded column (max = NEG) gives z = 0 there, never log 0."""
+    z = x - tl.max(x, axis=1)[:, None, :]
+    return tl.where(mask, z - tl.log(tl.sum(tl.exp(z), axis=1))[:, None, :], NEG)
+
+
+@triton.jit
+def _log_rows(x, mask):
+    """x - logsumexp over each row (as _log_cols)."""
+    z = x - tl.max(x, axis=2)[:, :, None]
+    return tl.where(mask, z - tl.log(tl.sum(tl.exp(z), axis=2))[:, :, None], NEG)
 
 
 @triton.jit
@@ -63,10 +78,10 @@ def sk_forward(L, mask, ITERS: tl.constexpr, MODE: tl.constexpr, EPS: tl.constex
         if ITERS == 0:
             m = tl.where(mask, tl.exp(tl.where(mask, L, 0.0)), 0.0)
         else:
-            m = _exp_shifted(L, mask)
-            for _ in range(ITERS):  # columns, then rows; a 0 sum (all underflowed) is floored at tiny
-                m = m / tl.maximum(tl.sum(m, axis=1), TINY)[:, None, :]
-                m = m / tl.maximum(tl.sum(m, axis=2), TINY)[:, :, None]
+            x = tl.where(mask, L, NEG)  # log M⁰
+            for _ in range(ITERS):  # columns, then rows
+                x = _log_rows(_log_cols(x, mask), mask)
+            m = tl.where(mask, tl.exp(x), 0.0)
     else:
         m = tl.where(mask, _softmax_rows(L, mask) + EPS, 0.0)
         if ITERS > 0:
@@ -88,35 +103,29 @@ def sk_backward(L, mask, G, ITERS: tl.constexpr, MODE: tl.constexpr, EPS: tl.con
         if ITERS == 0:
             dL = G * tl.where(mask, tl.exp(tl.where(mask, L, 0.0)), 0.0)
         else:
-            m0 = _exp_shifted(L, mask)
-            ck = m0  # the checkpoint: M^ck_at
+            x0 = tl.where(mask, L, NEG)  # log M⁰
+            ck = x0  # the checkpoint: log M^ck_at
             ck_at = tl.program_id(0) * 0
-            for r in range(ITERS):  # back through round s = ITERS - r, which needs M^(s-1)
+            for r in range(ITERS):  # back through round s = ITERS - r, which needs log M^(s-1)
                 need = ITERS - 1 - r
                 base = (need // CHUNK) * CHUNK
-                if base != ck_at:  # moved down into the next chunk: rebuild its checkpoint from M⁰
-                    ck = m0
+                if base != ck_at:  # moved down into the next chunk: rebuild its checkpoint from log M⁰
+                    ck = x0
                     for _ in range(base):
-                        ck = ck / tl.maximum(tl.sum(ck, axis=1), TINY)[:, None, :]
-                        ck = ck / tl.maximum(tl.sum(ck, axis=2), TINY)[:, :, None]
+                        ck = _log_rows(_log_cols(ck, mask), mask)
                     ck_at = base
-                m = ck
+                x = ck
                 for _ in range(need - base):  # replay rounds base+1 .. s-1
-                    m = m / tl.maximum(tl.sum(m, axis=1), TINY)[:, None, :]
-                    m = m / tl.maximum(tl.sum(m, axis=2), TINY)[:, :, None]
-                cs = tl.sum(m, axis=1)
-                csf = tl.maximum(cs, TINY)
-                mc = m / csf[:, None, :]
-                rs = tl.sum(mc, axis=2)
-                rsf = tl.maximum(rs, TINY)
-                out = mc / rsf[:, :, None]
-                # rows: out = mc / max(rowsum, tiny); the floor passes no gradient below tiny
-                gr = tl.where(rs >= TINY, tl.sum(G * out, axis=2) / rsf, 0.0)
-                dmc = tl.where(mask, G / rsf[:, :, None] - gr[:, :, None], 0.0)
-                # columns: mc = m / max(colsum, tiny)
-                gc = tl.where(cs >= TINY, tl.sum(dmc * mc, axis=1) / csf, 0.0)
-                G = tl.where(mask, dmc / csf[:, None, :] - gc[:, None, :], 0.0)
-            dL = G * m0  # d exp; the shift is a detached constant
+                    x = _log_rows(_log_cols(x, mask), mask)
+                c = _log_cols(x, mask)
+                ey = tl.exp(_log_rows(c, mask))  # M^s; 0 on padding
+                if r == 0:  # the last round: G is dL/dH, and H = exp(log M^ITERS)
+                    G = G * ey
+                # rows: y = c - logsumexp_j c, softmax_j(c) = exp(y)
+                G = G - ey * tl.sum(G, axis=2)[:, :, None]
+                # columns: c = x - logsumexp_i x, softmax_i(x) = exp(c)
+                G = tl.where(mask, G - tl.exp(c) * tl.sum(G, axis=1)[:, None, :], 0.0)
+            dL = G  # log M⁰ = L
     else:
         p = _softmax_rows(L, mask)
         m0 = tl.where(mask, p + EPS, 0.0)

@@ -37,6 +37,8 @@ from kernels.precision import tf32_error_bound  # noqa: E402
 from kernels.premix import premix, premix_reference  # noqa: E402
 from kernels.project import project, project_reference  # noqa: E402
 from kernels.sinkhorn import sinkhorn, sinkhorn_reference  # noqa: E402
+from kernels.sinkhorn_reference import stochasticity_gaps  # noqa: E402
+from tests.sinkhorn_helpers import EXTREME_CASES, extreme_logits  # noqa: E402
 from variants.mhc_lite import permutation_matrices  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -196,22 +198,22 @@ def test_sinkhorn_matches_reference(mode, n, iters):
     assert_close(grads[0], grads64[0], COEF_TOL, f"dlogits ({mode}, k={iters})")
 
 
-def test_sinkhorn_extreme_logits():
-    """A column 60 below the rest (sums ~1e-26, still normal fp32) matches the reference forward and
-    backward; 200 below, exp underflows to 0: the floor keeps the forward finite (as in the
-    reference, whose gradient is then NaN too: a zero column has no defined derivative)."""
-    base = rand(8, 3, 3, gen=gen_for("extreme"))
-    for shift, check_grad in ((60.0, True), (200.0, False)):
-        logits = base.clone()
-        logits[:, :, 0] -= shift
-        if check_grad:
-            outs, grads, outs64, grads64 = run_both(lambda l: (sinkhorn(l, 5, "paper", "triton"),),
-                                                    lambda l: (sinkhorn_reference(l, 5, "paper"),), [logits], gen_for(shift))
-            assert_close(outs[0], outs64[0], COEF_TOL, f"H_res, column -{shift}")
-            assert_close(grads[0], grads64[0], COEF_TOL, f"dlogits, column -{shift}")
-        else:
-            h = sinkhorn(logits, 5, "paper", "triton")
-            assert_close(h, sinkhorn_reference(logits, 5, "paper"), COEF_TOL, f"H_res, column -{shift}")
+@pytest.mark.parametrize("iters", [1, 3, 20])
+@pytest.mark.parametrize("case", EXTREME_CASES)
+def test_sinkhorn_extreme_logits(case, iters):
+    """Logit ranges of 100 to 1000 within a matrix, and a whole row and column 200 below the rest:
+    in fp32 exp(L - max L) underflows there, and a linear-domain Sinkhorn's backward divides by a
+    0 sum (NaN), its forward returns a 0 column. The log-domain kernels match the fp64 reference,
+    forward and backward, with rows summing to 1."""
+    n = 3 if iters == 3 else 4
+    logits = extreme_logits(case, (37, n, n), seed=iters).to(DEVICE)
+    outs, grads, outs64, grads64 = run_both(lambda l: (sinkhorn(l, iters, "paper", "triton"),),
+                                            lambda l: (sinkhorn_reference(l, iters, "paper"),), [logits], gen_for(case, iters))
+    bad = int((~torch.isfinite(grads[0])).sum())
+    assert bad == 0, f"{bad} of {grads[0].numel()} gradients non-finite ({case}, k={iters})"
+    assert_close(outs[0], outs64[0], COEF_TOL, f"H_res ({case}, k={iters})")
+    assert_close(grads[0], grads64[0], COEF_TOL, f"dlogits ({case}, k={iters})")
+    assert stochasticity_gaps(outs[0].detach())[0].max() <= 1e-6, "rows of H_res must sum to 1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,6 +303,28 @@ def test_coefficient_heads_match_reference(n, learned, kind, iters, mode):
         logits = coefficient_heads(mix, alphas, biases, perms=perms, backend="triton", **cfg)[3]
         assert_close(logits, heads_reference(mix.double(), [a.double() for a in alphas], [b.double() for b in biases], **cfg)[3],
                      COEF_TOL, "H_res logits")
+
+
+@pytest.mark.parametrize("case", EXTREME_CASES)
+def test_coefficient_heads_extreme_res_logits(case):
+    """The fused kernel's Sinkhorn (the same device functions) at the logit ranges of the
+    stand-alone test: H_res logits = α·mix + b with mix spanning the extreme range."""
+    n, iters, learned = 4, 20, ("pre", "post", "res")
+    g = gen_for("heads", case)
+    T = 70
+    res = extreme_logits(case, (T, n, n), seed=1).reshape(T, n * n).to(DEVICE)
+    mix = torch.cat([rand(T, 2 * n, gen=g), res], dim=1)
+    alphas = [(0.5 + torch.rand((), generator=g)).to(DEVICE) for _ in learned]
+    biases = [rand(n, gen=g), rand(n, gen=g), rand(n, n, gen=g)]
+    cfg = dict(n=n, learned=learned, res_kind="sinkhorn", sk_iters=iters, sk_mode="paper")
+    outs, grads, outs64, grads64 = run_both(lambda m, *p: coefficient_heads(m, p[:3], p[3:], backend="triton", **cfg)[:3],
+                                            lambda m, *p: heads_reference(m, p[:3], p[3:], **cfg)[:3],
+                                            [mix, *alphas, *biases], g)
+    for name, o, o64 in zip(("H_pre", "H_post", "H_res"), outs, outs64):
+        assert_close(o, o64, COEF_TOL, f"{name} ({case})")
+    for name, d, d64 in zip(["dmix", *(f"dalpha_{m}" for m in learned), *(f"dbias_{m}" for m in learned)], grads, grads64):
+        assert_close(d, d64, COEF_TOL, f"{name} ({case})")
+    assert stochasticity_gaps(outs[2].detach())[0].max() <= 1e-6, "rows of H_res must sum to 1"
 
 
 # ---------------------------------------------------------------------------------------------

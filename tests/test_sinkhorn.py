@@ -16,6 +16,12 @@ from kernels.sinkhorn_reference import (
     sinkhorn_paper,
     stochasticity_gaps,
 )
+from tests.sinkhorn_helpers import (
+    EXTREME_CASES,
+    assert_matches,
+    extreme_logits,
+    linear_paper,
+)
 from variants.mhc_lite import permutation_matrices, permutation_mixture
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: see conftest.single_thread
@@ -59,10 +65,70 @@ def test_paper_zero_iterations_is_plain_exp():
 def test_shift_invariance_and_no_overflow():
     l = logits(1.0, (16, 4, 4))
     torch.testing.assert_close(sinkhorn_paper(l + 500.0, 5), sinkhorn_paper(l, 5))
-    # a whole column far below the max: exp underflows to 0 in fp32, must not become NaN
+    # a whole column far below the max (exp(L - max L) would underflow to 0 in fp32): finite
     bad = l.clone()
     bad[:, :, 0] -= 200.0
     assert torch.isfinite(sinkhorn_paper(bad, 20)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Extreme logit ranges: in the linear domain a whole column or row of exp(L - max L) underflows
+# past a range of ~87 in fp32 and the backward divides by its 0 sum (mHC went NaN at lr >= 0.1)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 3, 20])
+@pytest.mark.parametrize("case", EXTREME_CASES)
+def test_paper_at_extreme_logit_ranges_is_finite_and_matches_fp64(case, k):
+    l = extreme_logits(case, seed=k)
+    x = l.clone().requires_grad_()
+    h = sinkhorn_paper(x, k)
+    upstream = torch.randn(l.shape, generator=torch.Generator().manual_seed(1))  # random: all-ones is vacuous
+    (dl,) = torch.autograd.grad(h, x, upstream)
+    x64 = l.double().requires_grad_()
+    h64 = sinkhorn_paper(x64, k)
+    (dl64,) = torch.autograd.grad(h64, x64, upstream.double())
+    bad = int((~torch.isfinite(dl)).sum())
+    assert bad == 0 and torch.isfinite(h).all(), f"{bad} of {dl.numel()} gradients non-finite ({case}, k={k})"
+    assert_matches(h, h64, f"H ({case}, k={k})")
+    assert_matches(dl, dl64, f"dlogits ({case}, k={k})")
+    assert stochasticity_gaps(h)[0].max() <= 1e-6  # rows exact, as at any range
+    assert dl.abs().max() > 1e-3  # the gradient is not vacuously 0
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+@pytest.mark.parametrize("case", ["range 100", "range 300", "row and column -200"])
+def test_log_domain_is_the_linear_recursion_in_float64(case, k):
+    """Below a range of ~700, float64's exp does not underflow: the textbook linear-domain
+    recursion, differentiated by autograd, is an independent check of the log-domain maths."""
+    l = extreme_logits(case, seed=k).double()
+    upstream = torch.randn(l.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    results = []
+    for fn in (sinkhorn_paper, linear_paper):
+        x = l.clone().requires_grad_()
+        h = fn(x, k)
+        results.append((h, *torch.autograd.grad(h, x, upstream)))
+    (h, dl), (h_lin, dl_lin) = results
+    torch.testing.assert_close(h, h_lin, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(dl, dl_lin, rtol=1e-9, atol=1e-12)
+
+
+def test_converged_at_extreme_logit_ranges_is_finite():
+    l = extreme_logits("range 300", (16, 4, 4)).requires_grad_()
+    m, rounds = sinkhorn_converged(l, 1e-6, 200)
+    (dl,) = torch.autograd.grad(m, l, torch.randn(m.shape, generator=torch.Generator().manual_seed(3)))
+    assert torch.isfinite(m).all() and torch.isfinite(dl).all() and dl.abs().max() > 1e-3
+    row_gap, col_gap = stochasticity_gaps(m)
+    assert row_gap.max() <= 1e-6 and col_gap[~capped(m, 1e-6)].max() <= 1e-6 and (rounds < 200).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5), width=st.floats(0.0, 1000.0), offset=st.floats(-1e3, 1e3), k=st.integers(1, 20),
+       seed=st.integers(0, 2**31 - 1))
+def test_paper_finite_with_exact_rows_at_any_logit_range(n, width, offset, k, seed):
+    l = (extreme_logits(f"range {width}", (3, n, n), seed=seed) + offset).requires_grad_()
+    h = sinkhorn_paper(l, k)
+    (dl,) = torch.autograd.grad(h, l, torch.randn(h.shape, generator=torch.Generator().manual_seed(seed)))
+    assert torch.isfinite(h).all() and torch.isfinite(dl).all() and (h >= 0).all()
+    assert stochasticity_gaps(h)[0].max() <= 1e-6
 
 
 def test_kernel_mode_columns_exact_and_rows_carry_the_error():
@@ -144,6 +210,13 @@ def test_all_ones_upstream_gradient_is_vacuous_random_is_not():
 def test_gradcheck_sinkhorn(mode, k):
     l = logits(1.5, (2, 3, 3), seed=k).double().requires_grad_()
     assert torch.autograd.gradcheck(lambda t: sinkhorn(t, k, mode), (l,))
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+@pytest.mark.parametrize("case", ["range 300", "range 1000", "row and column -200"])
+def test_gradcheck_paper_at_extreme_logit_ranges(case, k):
+    l = extreme_logits(case, (2, 3, 3), seed=k).double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: sinkhorn_paper(t, k), (l,))
 
 
 def test_gradcheck_sinkhorn_converged():
