@@ -81,6 +81,14 @@ def test_paper_grids_have_three_seeds_and_the_papers_settings():
     assert {(r.cfg.variant.name, getattr(r.cfg.variant.opts(), "sk_iters", None)) for r in stress.runs} == {
         ("identity", None), ("hc", None), ("mhc", 20), ("mhc", 1), ("mhc-lite", None)}
     assert len(stress.runs) == 5 * len({r.cfg.optim.lr for r in stress.runs}) * 3
+    # its rerun of the mHC arms and the seeds study change nothing but what they say they change
+    stress_ids = {r.id for r in stress.runs}
+    rerun = load_grid(GRIDS / "lr_stress_mhc.toml")
+    assert rerun.runs and all(r.id in stress_ids for r in rerun.runs)  # the very same configurations
+    assert {r.cfg.variant.name for r in rerun.runs} == {"identity", "mhc"}
+    seeds = load_grid(GRIDS / "lr_seeds.toml")
+    assert all(r.id in stress_ids for r in seeds.runs if r.cfg.train.seed < 3)  # seeds 0-2 are lr_stress's own runs
+    assert {r.cfg.train.seed for r in seeds.runs} == set(range(8)) and {r.cfg.optim.lr for r in seeds.runs} == {1e-2}
     table1 = load_grid(GRIDS / "table1.toml")
     assert {r.cfg.variant.fixed for r in table1.runs if r.cfg.variant.name == "hc"} >= {"pre,post", "post", ""}
     k = load_grid(GRIDS / "k_sweep.toml")
