@@ -315,7 +315,7 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
                     seq_len=case.cfg.model.seq_len, batch_size=case.cfg.train.batch_size,
                     n_params=s.n_params if s else -1, dtype=str(dtype).split(".")[-1],
                     device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
-                    peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
+                    threads=torch.get_num_threads(), peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
                     rounds=rounds, steps_per_round=steps_per_round, note=s.note if s else skipped[i])
         if s is None:
             rows.append(dict(base, metric="skipped", value=float("nan")))
@@ -499,10 +499,25 @@ def main_bench_model(args) -> int:
     peers = parse_peers(args.peers)
     cases = build_cases(split(args.preset), split(args.variants), backends, widths, streams, args.overrides, peers)
     device = resolve_device(args.device)
+    use_threads(cases)
     df = run_bench(cases, device, args.rounds, args.steps, args.warmup, log=lambda m: print(m, file=sys.stderr))
     print(summary(df))
     save_table(df, args.out, args.runs_dir, "model")
     return 0
+
+
+def use_threads(cases: list[Case]) -> int:
+    """Run every case on `train.threads` CPU threads, as `mhc-bench train` does (0 = torch's default).
+
+    The cases share one process, so they share one thread count: `--set train.threads=1` sets it,
+    a case-specific value cannot exist (overrides apply to every case). Returns the count in use.
+    """
+    wanted = {c.cfg.train.threads for c in cases} - {0}
+    if len(wanted) > 1:
+        raise UserError(f"bench model: the cases ask for different train.threads ({sorted(wanted)}); they share one process")
+    if wanted:
+        torch.set_num_threads(wanted.pop())
+    return torch.get_num_threads()
 
 
 def save_table(df, out: str | None, runs_dir: str, kind: str) -> None:

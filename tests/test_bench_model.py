@@ -20,7 +20,7 @@ def test_quick_bench_writes_a_complete_long_table(tmp_path, capsys):
     ident = wide.loc[("identity", 1)]
     assert abs(mhc["overhead"] - (mhc["step_time_s"] / ident["step_time_s"] - 1)) < 1e-12
     assert mhc["overhead_predicted_io"] > 0
-    assert {"device", "torch", "git_commit", "preset", "backend"} <= set(df.columns)
+    assert {"device", "torch", "git_commit", "preset", "backend", "threads"} <= set(df.columns)
     # activation memory: exact saved bytes per token, identity < mhc, recompute below plain mhc
     assert wide.loc[("identity", 1), "act_ratio"] == 1.0 == wide.loc[("identity", 1), "act_ratio_recompute"]
     assert mhc["act_bytes_per_token"] > mhc["act_bytes_per_token_recompute"] > ident["act_bytes_per_token"]
@@ -58,3 +58,17 @@ def test_triton_activation_memory_on_a_cpu_comes_from_the_interpreter(monkeypatc
 def test_bad_backend_is_one_line_error(capsys):
     assert main(["bench", "model", "--backends", "cuda-magic"]) == 2
     assert "unknown backend 'cuda-magic'" in capsys.readouterr().err
+
+
+def test_train_threads_is_honoured(monkeypatch, tmp_path):
+    """`--set train.threads=1` runs the cases on one thread, as `mhc-bench train` would, and says so."""
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda k: calls.append(k))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: calls[-1] if calls else 7)
+    calls: list[int] = []
+    out = tmp_path / "bench.parquet"
+    assert main(["bench", "model", "--preset", "tiny", "--variants", "identity", "--peers", "none", "--rounds", "1",
+                 "--steps", "1", "--warmup", "0", "--device", "cpu", "--out", str(out), "--set", "model.seq_len=8",
+                 "--set", "train.batch_size=1", "--set", "train.threads=1"]) == 0
+    assert calls == [1] and set(pd.read_parquet(out).threads) == {1}
