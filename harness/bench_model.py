@@ -41,6 +41,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -100,7 +101,11 @@ def _time(fn, device, reps: int = 10) -> float:
 
 
 def measure_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
-    """Copy bandwidth (bytes read + written per second) and dense matmul rate, measured here."""
+    """Copy bandwidth (bytes read + written per second) and dense matmul rate, measured here, now.
+
+    run_bench measures them before every round, interleaved with the cases, and keeps the best of
+    each: a ceiling taken once, at a moment the machine was busier than during the cases, would
+    be too low and give an MFU above 100%."""
     n_bytes = (1 << 28) if device.type == "cuda" else (1 << 26)
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
@@ -231,6 +236,35 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
 
 
+def allow_compiled_cases(cases: list[Case]) -> None:
+    """Let every compiled case keep its own compiled graph.
+
+    All cases run the same GPT.forward, and torch.compile caches its graphs per code object: each
+    compiled model adds one, and past torch._dynamo.config.recompile_limit (8) the next model's
+    forward silently runs eager, so a ninth `compile` row would time eager code under the label
+    compile. The limit is raised to leave every compiled case room for a few recompiles."""
+    import torch._dynamo
+
+    compiled = sum(c.backend == "compile" for c in cases)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * compiled)
+    torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 16 * compiled)
+
+
+def profile_step(stepper: "Stepper", device: torch.device, top: int) -> str:
+    """torch.profiler's operator table of one training step (after the timed rounds, so warm):
+    the operators that took the most self time (CPU, or the GPU's on CUDA), with call counts.
+    Where the time of a variant's step goes is what a faster implementation has to change."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        stepper.step()
+        _sync(device)
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=60)
+
+
 def skip_reason(case: Case, e: Exception) -> str | None:
     """Why a case failed, if that failure is one to record rather than raise; None = a real error.
 
@@ -247,16 +281,16 @@ def skip_reason(case: Case, e: Exception) -> str | None:
 
 
 def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_round: int, warmup: int,
-              vocab: int = 8192, log=print) -> "pd.DataFrame":
-    """Time every case in interleaved rounds; return the long-format table."""
+              vocab: int = 8192, log=print, profile_top: int = 0, profile_out=None) -> "pd.DataFrame":
+    """Time every case in interleaved rounds; return the long-format table. profile_top > 0: then
+    profile one more step of each case and write its top operators to `profile_out` (profile_step)."""
     import pandas as pd
 
     from harness.rundir import environment
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    allow_compiled_cases(cases)
     ceilings = measure_ceilings(device, dtype)
-    log(f"ceilings on {device}: copy {ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, "
-        f"matmul {ceilings['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s ({str(dtype).split('.')[-1]})")
     steppers, peaks, skipped = [], [], {}
 
     def drop(i: int, reason: str) -> None:
@@ -288,6 +322,8 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
         peaks[i] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     times: list[list[float]] = [[] for _ in cases]
     for r in range(rounds):
+        now = measure_ceilings(device, dtype)  # interleaved with the cases: the best of all rounds is the ceiling
+        ceilings = {k: max(v, now[k]) for k, v in ceilings.items()}
         for i, s in enumerate(steppers):
             if s is None:
                 continue
@@ -305,6 +341,15 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
                 continue
             times[i].append((time.perf_counter() - t0) / steps_per_round)
         log(f"round {r + 1}/{rounds} done")
+    if profile_top > 0:
+        for case, s in zip(cases, steppers):
+            if s is not None:
+                profile_out(f"\n== {case.preset} d={case.d_model} n={s.n_streams} {case.variant} / {case.backend}: "
+                            f"one training step, top {profile_top} operators by self time\n"
+                            + profile_step(s, device, profile_top))
+    log(f"ceilings on {device} (best of {rounds + 1} measurements between the rounds): copy "
+        f"{ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, matmul {ceilings['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s "
+        f"({str(dtype).split('.')[-1]})")
 
     env = environment(device)
     peer_version = package_version() or ""
@@ -323,8 +368,9 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
         q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
         med = statistics.median(ts)
         fpt = flops_per_token(case.cfg, s.n_params_body)
-        values = {"step_time_s": med, "step_time_p10_s": q[0], "step_time_p90_s": q[-1],
-                  "tokens_per_s": s.tokens / med, "mfu": fpt * s.tokens / med / ceilings["matmul_flops_per_s"],
+        mfu = fpt * s.tokens / med / ceilings["matmul_flops_per_s"]
+        values = {"step_time_s": med, "step_time_p10_s": q[0], "step_time_p90_s": q[-1], "tokens_per_s": s.tokens / med,
+                  "mfu" if mfu <= 1 else "mfu_invalid": mfu,  # above 100%: the ceiling or the flop count is wrong
                   "copy_bytes_per_s": ceilings["copy_bytes_per_s"], "matmul_flops_per_s": ceilings["matmul_flops_per_s"]}
         if peak is not None:
             values["peak_mem_bytes"] = peak
@@ -446,6 +492,9 @@ def summary(df) -> str:
 def summary_notes(df) -> list[str]:
     """What the timing table needs beside it: the act_* legend, skipped cases, each peer's differences."""
     lines = []
+    if "mfu_invalid" in set(df.metric):
+        lines.append("mfu 'error': the step's flops over its time exceeded the best matmul rate measured between the "
+                     "rounds, so the flop count or the ceiling is wrong for it (value kept as mfu_invalid)")
     if "act_bytes_per_token" in set(df.metric):
         lines.append("act_*: bytes saved for backward per token, counted exactly (harness/activation_memory.py), without "
                      "and with train.recompute, and as a ratio to identity's; act_ratio_published: the HC paper's +26% for HC")
@@ -463,6 +512,9 @@ def summary_notes(df) -> list[str]:
 def timing_table(df) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one row per configuration timed, the metrics formatted for reading."""
     wide = df.pivot_table(index=["preset", "d_model", "n_streams", "variant", "backend"], columns="metric", values="value")
+    if "mfu_invalid" in wide:  # printed as a measurement error, never as a number above 100%
+        wide["mfu"] = wide["mfu"] if "mfu" in wide else float("nan")
+        wide["mfu"] = wide["mfu"].astype(object).where(wide["mfu_invalid"].isna(), "error")
     cols = [c for c in ("step_time_s", "tokens_per_s", "mfu", "peak_mem_bytes", "overhead", "overhead_predicted_io",
                         "act_bytes_per_token", "act_ratio", "act_bytes_per_token_recompute", "act_ratio_recompute",
                         "act_ratio_published") if c in wide]
@@ -470,8 +522,8 @@ def timing_table(df) -> tuple[list[str], list[list[str]]]:
            "overhead": "{:+.1%}", "overhead_predicted_io": "{:+.1%}", "act_bytes_per_token": "{:,.0f}",
            "act_ratio": "{:.2f}x", "act_bytes_per_token_recompute": "{:,.0f}", "act_ratio_recompute": "{:.2f}x",
            "act_ratio_published": "{:.2f}x"}
-    rows = [[str(i) for i in idx] + [fmt[c].format(r[c]) if r[c] == r[c] else "-" for c in cols]
-            for idx, r in wide[cols].iterrows()]
+    rows = [[str(i) for i in idx] + [r[c] if isinstance(r[c], str) else fmt[c].format(r[c]) if r[c] == r[c] else "-"
+                                     for c in cols] for idx, r in wide[cols].iterrows()]
     return ["preset", "d", "n", "variant", "backend"] + cols, rows
 
 
@@ -499,10 +551,21 @@ def main_bench_model(args) -> int:
     peers = parse_peers(args.peers)
     cases = build_cases(split(args.preset), split(args.variants), backends, widths, streams, args.overrides, peers)
     device = resolve_device(args.device)
+    if args.profile < 0:
+        raise UserError(f"--profile takes a number of operators (0 = no profile), got {args.profile}")
     use_threads(cases)
-    df = run_bench(cases, device, args.rounds, args.steps, args.warmup, log=lambda m: print(m, file=sys.stderr))
+    profiles: list[str] = []
+    df = run_bench(cases, device, args.rounds, args.steps, args.warmup, log=lambda m: print(m, file=sys.stderr),
+                   profile_top=args.profile, profile_out=profiles.append)
+    if profiles:
+        print("\n".join(profiles).lstrip("\n") + "\n")
     print(summary(df))
-    save_table(df, args.out, args.runs_dir, "model")
+    path = save_table(df, args.out, args.runs_dir, "model")
+    if profiles:
+        from harness.atomic import write_text
+
+        write_text(path.with_suffix(".profile.txt"), "\n".join(profiles).lstrip("\n") + "\n")
+        print(f"profiles: {path.with_suffix('.profile.txt')}")
     return 0
 
 
@@ -520,16 +583,15 @@ def use_threads(cases: list[Case]) -> int:
     return torch.get_num_threads()
 
 
-def save_table(df, out: str | None, runs_dir: str, kind: str) -> None:
+def save_table(df, out: str | None, runs_dir: str, kind: str) -> Path:
     """A benchmark's long table, atomically, at --out or <runs_dir>/bench/<kind>-<time>.parquet."""
-    from pathlib import Path
-
     from harness.atomic import write_parquet
     from harness.rundir import now
 
     path = Path(out) if out else Path(runs_dir) / "bench" / f"{kind}-{now().replace(':', '')}.parquet"
     write_parquet(path, df)
     print(f"table: {path}")
+    return path
 
 
 def register(sub) -> None:
@@ -547,6 +609,9 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=3, help="training steps per configuration per round (default 3)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration first (default 3)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile one step of each case and print its top N operators by self time "
+                        "(torch.profiler), also saved beside the table as .profile.txt (default 0: no profile)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for every case")
     p.add_argument("--runs-dir", default="runs", help="the table goes to RUNS_DIR/bench/ (default runs)")
     p.add_argument("--out", default="", help="explicit output Parquet path")

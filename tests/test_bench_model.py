@@ -72,3 +72,73 @@ def test_train_threads_is_honoured(monkeypatch, tmp_path):
                  "--steps", "1", "--warmup", "0", "--device", "cpu", "--out", str(out), "--set", "model.seq_len=8",
                  "--set", "train.batch_size=1", "--set", "train.threads=1"]) == 0
     assert calls == [1] and set(pd.read_parquet(out).threads) == {1}
+
+
+QUICK = ["bench", "model", "--preset", "tiny", "--peers", "none", "--steps", "1", "--warmup", "1", "--device", "cpu",
+         "--set", "model.seq_len=8", "--set", "train.batch_size=1"]
+
+
+def test_ceilings_are_measured_between_rounds_and_the_best_kept(monkeypatch, tmp_path):
+    """A ceiling measured once, at a busy moment, made MFU print above 100%: now every round
+    measures it again and the table keeps the best."""
+    from harness import bench_model
+
+    rates = iter([1e9, 3e9, 2e9, 1.5e9])  # before warm-up, then before each of 3 rounds
+
+    def fake(device, dtype):
+        return {"copy_bytes_per_s": 1e9, "matmul_flops_per_s": next(rates)}
+
+    monkeypatch.setattr(bench_model, "measure_ceilings", fake)
+    out = tmp_path / "bench.parquet"
+    assert main([*QUICK, "--variants", "identity", "--rounds", "3", "--out", str(out)]) == 0
+    df = pd.read_parquet(out)
+    assert set(df[df.metric == "matmul_flops_per_s"].value) == {3e9}
+
+
+def test_mfu_above_100_percent_is_a_measurement_error_not_a_number(monkeypatch, tmp_path, capsys):
+    from harness import bench_model
+
+    monkeypatch.setattr(bench_model, "measure_ceilings", lambda d, t: {"copy_bytes_per_s": 1e9, "matmul_flops_per_s": 1.0})
+    out = tmp_path / "bench.parquet"
+    assert main([*QUICK, "--variants", "identity", "--rounds", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    df = pd.read_parquet(out)
+    assert "mfu" not in set(df.metric) and (df[df.metric == "mfu_invalid"].value > 1).all()
+    header, row = printed.splitlines()[0].split(), printed.splitlines()[1].split()
+    assert row[header.index("mfu")] == "error" and "%" not in row[header.index("mfu")]
+    assert "mfu 'error'" in printed
+
+
+def test_profile_prints_and_saves_each_cases_top_operators(tmp_path, capsys):
+    out = tmp_path / "bench.parquet"
+    assert main([*QUICK, "--variants", "identity,mhc", "--streams", "2", "--rounds", "1", "--profile", "5",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = out.with_suffix(".profile.txt").read_text()
+    for text in (printed, saved):
+        assert text.count("one training step, top 5 operators by self time") == 2
+        assert "identity / torch" in text and "mhc / torch" in text and "Self CPU" in text
+    mhc_part = saved.split("mhc / torch")[1]
+    assert "aten::" in mhc_part or "CPU" in mhc_part  # the table lists operators, not an empty profile
+
+
+def test_negative_profile_is_refused(capsys):
+    assert main([*QUICK, "--variants", "identity", "--profile", "-1"]) == 2
+    assert "--profile takes a number of operators" in capsys.readouterr().err
+
+
+def test_many_compiled_cases_each_keep_a_compiled_graph():
+    """Nine compiled models share GPT.forward: past dynamo's recompile limit of 8 the ninth would
+    silently run eager under the label compile."""
+    import torch._dynamo
+
+    from harness import bench_model
+
+    cases = bench_model.build_cases(["tiny"], ["identity", "hc", "mhc"], ["torch", "compile"], [], [], [], peers=())
+    cases *= 3
+    old = torch._dynamo.config.recompile_limit
+    try:
+        bench_model.allow_compiled_cases(cases)
+        assert torch._dynamo.config.recompile_limit >= 9 * 4
+    finally:
+        torch._dynamo.config.recompile_limit = old
