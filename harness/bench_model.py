@@ -360,7 +360,7 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
                     seq_len=case.cfg.model.seq_len, batch_size=case.cfg.train.batch_size,
                     n_params=s.n_params if s else -1, dtype=str(dtype).split(".")[-1],
                     device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
-                    threads=torch.get_num_threads(), peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
+                    threads=torch.get_num_threads(), cpu_kernels=env["cpu_kernels"], peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
                     rounds=rounds, steps_per_round=steps_per_round, note=s.note if s else skipped[i])
         if s is None:
             rows.append(dict(base, metric="skipped", value=float("nan")))
@@ -554,6 +554,7 @@ def main_bench_model(args) -> int:
     if args.profile < 0:
         raise UserError(f"--profile takes a number of operators (0 = no profile), got {args.profile}")
     use_threads(cases)
+    use_cpu_kernels(cases)
     profiles: list[str] = []
     df = run_bench(cases, device, args.rounds, args.steps, args.warmup, log=lambda m: print(m, file=sys.stderr),
                    profile_top=args.profile, profile_out=profiles.append)
@@ -581,6 +582,20 @@ def use_threads(cases: list[Case]) -> int:
     if wanted:
         torch.set_num_threads(wanted.pop())
     return torch.get_num_threads()
+
+
+def use_cpu_kernels(cases: list[Case]) -> str:
+    """Set train.cpu_kernels for the process (one value for all cases, as threads); returns what
+    runs: 'on' or 'off' (auto resolved by whether the CPU kernels build here)."""
+    from kernels import cpu_build
+    from kernels.backend import set_cpu_kernels
+
+    modes = {c.cfg.train.cpu_kernels for c in cases}
+    if len(modes) > 1:
+        raise UserError(f"bench model: the cases ask for different train.cpu_kernels ({sorted(modes)}); they share one process")
+    mode = modes.pop() if modes else "auto"
+    set_cpu_kernels(mode)
+    return "off" if mode == "off" or cpu_build.unavailable_reason() else "on"
 
 
 def save_table(df, out: str | None, runs_dir: str, kind: str) -> Path:

@@ -80,6 +80,10 @@ class TrainConfig:
     dtype: str = doc("autocast dtype; 'auto' = bf16 on CUDA, fp32 on CPU", "auto", choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = doc("torch.compile the model", False)
     threads: int = doc("CPU threads for torch (0 = torch's default)", 0)
+    cpu_kernels: str = doc("on a CPU, run the residual maths (projection, Sinkhorn, Newton-Schulz, pre-mix, merge) in the "
+                           "compiled CPU kernels: auto (where they build, else the PyTorch reference), on (stop if they "
+                           "cannot build), off (the reference); same numbers to fp32 round-off", "auto",
+                           choices=("auto", "on", "off"))
     diag_every: int = doc("record mixing-matrix diagnostics every N steps into diagnostics.parquet (0 = only at the end)", 20)
     stop_after: int = doc("stop cleanly after this step as if pre-empted, leaving a resumable checkpoint (0 = off)", 0)
     parallel: str = doc("with several processes: 'ddp' replicates the model on every GPU; 'fsdp' shards parameters, "

@@ -41,7 +41,7 @@ LATER_DATA_DEFAULTS = {"text_field": "text", "shard_format": "modded-nanogpt", "
 # How a run is executed, not what it computes, and where this machine keeps the shared data:
 # never part of its id. (The run section and the preset name are left out too: where a run
 # lives and what it started from are not what it is.)
-EXECUTION_ONLY = frozenset({"train.threads", "train.stop_after", "train.parallel", "train.log_every",
+EXECUTION_ONLY = frozenset({"train.threads", "train.cpu_kernels", "train.stop_after", "train.parallel", "train.log_every",
                             "train.recompute", "train.recompute_block", "train.keep_checkpoints",
                             "data.data_root", "data.cache_dir"})
 

@@ -60,6 +60,16 @@ def git_info(root: Path = PROJECT_ROOT) -> dict:
     return {"git_commit": commit, "git_dirty": bool(dirty) if dirty is not None else None}
 
 
+def cpu_kernels_in_use(device) -> str:
+    """'on' where the torch backend runs the compiled CPU kernels (train.cpu_kernels on a CPU whose
+    build succeeded), else 'off': which implementation computed a run's numbers."""
+    from kernels import cpu_build
+    from kernels.backend import cpu_kernel_mode
+
+    on = str(device).startswith("cpu") and cpu_kernel_mode() != "off" and cpu_build.unavailable_reason() is None
+    return "on" if on else "off"
+
+
 def environment(device) -> dict:
     import torch
 
@@ -72,6 +82,7 @@ def environment(device) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if str(device).startswith("cuda") else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(),
+        "cpu_kernels": cpu_kernels_in_use(device),
         "argv": sys.argv,
         **git_info(),
         **{k: v for k, v in os.environ.items() if k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_NODELIST",

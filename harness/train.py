@@ -43,6 +43,7 @@ from harness.fsdp import full
 from harness.run_id import migrate_run_folder
 from harness.rundir import MetricsLog, RunDir, environment
 from harness.tracking import Tracker, check, diagnostics_scalars, train_scalars
+from kernels.backend import set_cpu_kernels
 
 
 @dataclass
@@ -210,6 +211,7 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     cfg.validate()
     check(cfg)  # run.tensorboard / run.wandb without their package: refused before any file is written
     build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)  # option errors before any file is written
+    set_cpu_kernels(cfg.train.cpu_kernels)  # =on where they cannot build: refused here, in one line
     dist = distributed.setup(resolve_device(cfg.train.device), cfg.train.parallel)  # a no-op unless WORLD_SIZE > 1
     try:
         check_world(cfg, dist.world)  # what `grid plan`/`grid submit` checked for the resources asked

@@ -1,11 +1,21 @@
 """The backend switch every kernel op shares: `torch` (reference) | `triton` | `auto`.
 
-    torch   the plain PyTorch reference maths (kernels/<op>.py `*_reference`), any device.
+    torch   PyTorch on the tensors' device: the reference maths (kernels/<op>.py `*_reference`),
+            except that on a CPU the compiled CPU kernels (kernels/<op>_cpu.cpp) run the ops they
+            cover when the CPU-kernel mode allows (below).
     triton  the fused Triton kernels (kernels/<op>_triton.py). On CUDA they compile; on a CPU
             they only run under the Triton interpreter (TRITON_INTERPRET=1, set before the
             kernel modules are imported), which is correct but slow: tests only, never timed.
     auto    triton on CUDA, torch otherwise (and torch wherever an op has no kernel for the
             requested options, e.g. float64 for gradcheck).
+
+The CPU kernels (train.cpu_kernels, set per process with `set_cpu_kernels`):
+    auto    used wherever they cover the op's arguments and the library builds on this machine
+            (kernels/cpu_build.py); otherwise the reference, silently. The default.
+    on      the same, but a library that cannot be built stops the run with one line saying why.
+    off     never: the reference everywhere (the "before" of a comparison, or a suspect kernel).
+They compute the reference's maths to fp32 round-off (tests/test_cpu_kernels.py), forward and
+backward, and under torch.compile they are custom ops, opaque to inductor.
 
 A run that asks for `triton` explicitly never silently gets torch: an op that cannot run
 its kernel raises a UserError saying why. Triton itself is imported lazily, only when a kernel
@@ -22,12 +32,15 @@ from contextlib import contextmanager
 
 import torch
 
+from kernels import cpu_build
 from kernels.errors import UserError
 
 BACKENDS = ("torch", "triton", "auto")
+CPU_KERNEL_MODES = ("auto", "on", "off")
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # stream dtypes the kernels take
 
 _poison = False
+_cpu_mode = "auto"
 _compile_only_sms: int | None = None  # set by compile_only(): kernels build for a fake GPU, nothing runs
 
 
@@ -77,6 +90,62 @@ def resolve(backend: str, device: torch.device, why_not: str | None = None) -> s
     if reason:
         raise UserError(f"backend=triton: {reason}; use backend=torch (or auto)")
     return "triton"
+
+
+def set_cpu_kernels(mode: str) -> None:
+    """Use the CPU kernels in this process as `mode` says (module doc). `on` builds them now, so a
+    machine that cannot build them stops here, in one line, before any training step."""
+    global _cpu_mode
+    if mode not in CPU_KERNEL_MODES:
+        raise UserError(f"unknown CPU-kernel mode {mode!r}; choose from {', '.join(CPU_KERNEL_MODES)}")
+    if mode == "on":
+        reason = cpu_build.unavailable_reason()
+        if reason:
+            raise UserError(f"train.cpu_kernels=on: the CPU kernels cannot be built here: {reason}; "
+                            "use train.cpu_kernels=auto (the PyTorch reference where they cannot run) or off")
+    _cpu_mode = mode
+
+
+def cpu_kernel_mode() -> str:
+    return _cpu_mode
+
+
+@contextmanager
+def cpu_kernels(mode: str):
+    """Within this block the CPU kernels are used as `mode` says (tests compare on and off)."""
+    global _cpu_mode
+    old = _cpu_mode
+    set_cpu_kernels(mode)
+    try:
+        yield
+    finally:
+        _cpu_mode = old
+
+
+def use_cpu_kernel(device: torch.device, why_not: str | None = None) -> bool:
+    """True when an op that resolved to torch should run its CPU kernel. `why_not`: the op's own
+    reason its kernel does not cover these arguments (a dtype, a Sinkhorn mode), or None."""
+    if device.type != "cpu" or _cpu_mode == "off" or why_not is not None:
+        return False
+    reason = cpu_build.unavailable_reason()
+    if reason is None:
+        return True
+    if _cpu_mode == "on":
+        raise UserError(f"train.cpu_kernels=on: the CPU kernels cannot be built here: {reason}; "
+                        "use train.cpu_kernels=auto (or off)")
+    return False
+
+
+def eager_or_compiled(function: type[torch.autograd.Function], op):
+    """Run a CPU kernel pair as `function` (an autograd.Function) in eager mode, where a custom op's
+    Python dispatch costs about five times a Function's per call, and as the equivalent custom op
+    `op` under torch.compile, which cannot trace into a ctypes call but treats the op as one
+    opaque node (its fake implementation gives the shapes)."""
+
+    def run(*args):
+        return op(*args) if torch.compiler.is_compiling() else function.apply(*args)
+
+    return run
 
 
 def dtype_reason(*tensors: torch.Tensor) -> str | None:
@@ -227,6 +296,10 @@ def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if _poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+def empty_like(t: torch.Tensor) -> torch.Tensor:
+    return empty(t.shape, t.dtype, t.device)
 
 
 @contextmanager

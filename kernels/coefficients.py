@@ -28,6 +28,7 @@ from torch import Tensor
 
 from kernels.backend import absent, kernel_op, load, resolve
 from kernels.sinkhorn import mode_reason
+from kernels.sinkhorn import sinkhorn as torch_backend_sinkhorn
 from kernels.sinkhorn_reference import KERNEL_EPS, permutation_mixture, sinkhorn
 
 MAPPINGS = ("pre", "post", "res")
@@ -46,9 +47,10 @@ def head_widths(n: int, learned: Sequence[str], res_kind: str) -> list[int]:
 def heads_reference(mix: Tensor | None, alphas: Sequence[Tensor] | None, biases: Sequence[Tensor], *, n: int,
                     learned: Sequence[str], res_kind: str = "sinkhorn", sk_iters: int = 20, sk_mode: str = "paper",
                     sk_tol: float = 1e-6, sk_max_iters: int = 2000, perms: Tensor | None = None,
-                    batch_shape: Sequence[int] = ()) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+                    batch_shape: Sequence[int] = (), sinkhorn_fn=None) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """(H_pre, H_post, H_res, H_res logits) with None for fixed mappings. mix None = static mode:
-    the logits are the biases, broadcast to `batch_shape`."""
+    the logits are the biases, broadcast to `batch_shape`. `sinkhorn_fn(logits, iters, mode)`
+    replaces the reference Sinkhorn for the paper and kernel modes (the CPU kernel)."""
     proj = {} if mix is None else dict(zip(learned, mix.split(head_widths(n, learned, res_kind), dim=-1)))
     out: dict[str, Tensor | None] = dict.fromkeys(MAPPINGS)
     res_logits = None
@@ -61,7 +63,10 @@ def heads_reference(mix: Tensor | None, alphas: Sequence[Tensor] | None, biases:
             out["post"] = 2 * torch.sigmoid(logits)  # Eq. 18
         elif res_kind == "sinkhorn":
             res_logits = logits.unflatten(-1, (n, n))  # row-major: [i, j] = from stream j to i
-            out["res"] = sinkhorn(res_logits, sk_iters, sk_mode, sk_tol, sk_max_iters)  # Eq. 19
+            if sinkhorn_fn is not None and sk_mode != "converged":
+                out["res"] = sinkhorn_fn(res_logits, sk_iters, sk_mode)  # Eq. 19
+            else:
+                out["res"] = sinkhorn(res_logits, sk_iters, sk_mode, sk_tol, sk_max_iters)  # Eq. 19
         else:
             out["res"] = permutation_mixture(logits, perms)
     return out["pre"], out["post"], out["res"], res_logits
@@ -158,10 +163,11 @@ def coefficient_heads(mix: Tensor | None, alphas: Sequence[Tensor] | None, biase
     why = None if backend == "torch" else heads_reason(n, learned, res_kind, sk_iters, sk_mode)
     if why is None and mix is not None and mix.dtype == torch.float64:
         why = "float64 (gradcheck) runs the reference"
-    if resolve(backend, mix.device if mix is not None else torch.device("cpu"), why) == "torch":
+    device = mix.device if mix is not None else (biases[0].device if biases else torch.device("cpu"))
+    if resolve(backend, device, why) == "torch":  # on a CPU the Sinkhorn op runs its CPU kernel where it applies
         return heads_reference(mix, alphas, biases, n=n, learned=learned, res_kind=res_kind, sk_iters=sk_iters,
                                sk_mode=sk_mode, sk_tol=sk_tol, sk_max_iters=sk_max_iters, perms=perms,
-                               batch_shape=batch_shape)
+                               batch_shape=batch_shape, sinkhorn_fn=torch_backend_sinkhorn)
     widths = head_widths(n, learned, res_kind)
     offsets, col = dict.fromkeys(MAPPINGS, -1), 0
     for name, w in zip(learned, widths):

@@ -7,6 +7,9 @@ HC:  x = each stream (K = C), W = n + 2 (θ_pre, θ_post, θ_res side by side), 
      norm x̃ of HC Eq. 10-13; tanh and the rest stay in PyTorch (see variants/hc.py).
 The GEMM is fused with the sum of squares, so the stream is read once forward and once
 backward; the RMSNorm weight is omitted (it would fold into φ). fp32 out, whatever x's dtype.
+On a CPU, backend=torch runs the same maths as one autograd.Function with a hand-written backward
+(fp32/fp64 x; train.cpu_kernels=off runs the reference): two GEMMs each way and little else,
+instead of autograd's ~15 ops over the whole stream tensor (the section below).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.backend import dtype_reason, kernel_op, load, resolve
+from kernels.backend import cpu_kernel_mode, dtype_reason, kernel_op, load, resolve
 from kernels.precision import tf32_round
 from kernels.sinkhorn_reference import compute_dtype
 
@@ -65,6 +68,31 @@ project_op.register_autograd(_backward, setup_context=_setup)
 
 
 # ---------------------------------------------------------------------------------------------
+# CPU fast path: the reference's maths as one autograd.Function with a hand-written backward.
+# The two GEMMs are what the time should go to (MKL/oneDNN do them best), so they stay torch.mm;
+# what goes is autograd's ~15 ops, most of them reading or writing the whole (R, K) stream tensor:
+# here the stream is read by the norm and the GEMM forward, by two GEMMs and one fused update
+# backward, with g = dmix / r:  dφ = xᵀ g,  dx = g φᵀ - x · (1/r)² / K · Σ_w dmix_w mix_w.
+# Plain torch ops, so torch.compile traces it like any other code.
+# ---------------------------------------------------------------------------------------------
+class _ProjectCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, phi: Tensor, eps: float) -> Tensor:
+        K = x.shape[-1]
+        inv_r = torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(K).add_(eps))
+        mix = torch.mm(x, phi).mul_(inv_r)
+        ctx.save_for_backward(x, phi, mix, inv_r)
+        return mix
+
+    @staticmethod
+    def backward(ctx, dmix: Tensor):
+        x, phi, mix, inv_r = ctx.saved_tensors
+        g = dmix * inv_r
+        coef = (dmix * mix).sum(-1, keepdim=True).mul_(inv_r.square().div_(-x.shape[-1]))
+        return torch.mm(g, phi.t()).addcmul_(x, coef), torch.mm(x.t(), g), None
+
+
+# ---------------------------------------------------------------------------------------------
 # Public op
 # ---------------------------------------------------------------------------------------------
 def width_reason(width: int) -> str | None:
@@ -79,9 +107,11 @@ def project(x: Tensor, phi: Tensor, eps: float, backend: str = "torch", precisio
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     why = dtype_reason(x) or width_reason(phi.shape[1])
-    if resolve(backend, x.device, why) == "torch":
-        return project_reference(x, phi, eps)
     *lead, K = x.shape
+    if resolve(backend, x.device, why) == "torch":
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or cpu_kernel_mode() == "off":
+            return project_reference(x, phi, eps)
+        return _ProjectCPU.apply(x.reshape(-1, K), phi.to(x.dtype), eps).view(*lead, phi.shape[1])
     phi32 = phi.float()
     if precision == "tf32":  # round to nearest here, the tensor cores would truncate (kernels/precision.py);
         phi32 = phi32 + (tf32_round(phi32) - phi32).detach()  # the gradient passes straight through

@@ -13,6 +13,8 @@ L = α_res · mat(x⃗'φ_res) + b_res, per token, with H_pre = σ and H_post = 
 projection (variants/manifold.py), so it compares with mHC; mode=static is the forks' setting
 (per-layer L, no projection). The forks' H_pre, H_post are softmaxes; here they are mHC's.
 
+The maths (reference and CPU kernel) is kernels/orthostochastic.py.
+
 Init trap (SCIENCE-FAMILY §3): the polar factor of any symmetric positive-definite L is I, and
 at O = I the off-diagonal entries of H_res are squares of first-order terms, so their gradient
 is zero: an identity init that never learns to mix. The forks' L (0 diagonal, -8 elsewhere)
@@ -28,12 +30,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kernels.orthostochastic import NS_COEFFS, newton_schulz, orthostochastic  # noqa: F401 (re-exported)
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.manifold import ManifoldResidual, check_projection_width
 from variants.options import doc
-
-NS_COEFFS = (3.0, -3.2, 1.2)
 
 
 @dataclass
@@ -43,21 +44,6 @@ class OrthostochasticOptions(MixingOptions):
     res_init_angle: float = doc("initial rotation of O away from I (radians; H_res off-diagonals ~ angle^2); 0 "
                                 "gives an identity H_res whose mixing never learns", 0.1)
     ns_steps: int = doc("Newton-Schulz steps towards the orthogonal polar factor (the forks' 5)", 5)
-
-
-def newton_schulz(L: Tensor, steps: int, eps: float = 1e-7) -> Tensor:
-    """(..., n, n) -> the nearly orthogonal polar factor of each matrix (fp32 or fp64)."""
-    a, b, c = NS_COEFFS
-    x = L / (torch.linalg.matrix_norm(L, keepdim=True) + eps)
-    for _ in range(steps):
-        A = x @ x.transpose(-1, -2)
-        x = a * x + (b * A + c * (A @ A)) @ x
-    return x
-
-
-def orthostochastic(L: Tensor, steps: int) -> Tensor:
-    o = newton_schulz(L, steps)
-    return o * o
 
 
 class OrthostochasticResidual(ManifoldResidual):
