@@ -1,14 +1,16 @@
-"""Fused Triton kernels for the stream maths of multi-stream residuals, each beside its reference.
+"""Fused Triton kernels and CPU kernels for the stream maths of multi-stream residuals, each beside its reference.
 
-One file per op holds the PyTorch reference, the autograd.Function around the kernels and the
+One file per op holds the PyTorch reference, the autograd wrappers around the kernels and the
 one public function with a `backend` switch (torch | triton | auto, see backend.py); the
-@triton.jit code sits in <op>_triton.py, imported only when a kernel is first launched.
+@triton.jit code sits in <op>_triton.py, imported only when a kernel is first launched, and the
+C++ of the CPU kernels in <op>_cpu.cpp, built on first use by cpu_build.py (train.cpu_kernels).
 
     premix.py        premix(x, h_pre)                   h = Σ_i H_pre[i] x_i            (mHC §3.2 kernel 4)
     post_res.py      post_res(x, y, h_post, h_res)      x' = H_res x + H_post^T y      (kernel 5)
     project.py       project(x, phi, eps)               RMSNorm(x) φ, GEMM + Σx² fused (kernel 1)
     coefficients.py  coefficient_heads(mix, α, b, ...)  α, b, σ, 2σ, Sinkhorn / perm   (kernels 2 + 3)
     sinkhorn.py      sinkhorn(logits, k, mode)          Sinkhorn alone (same device code)
+    orthostochastic.py orthostochastic(L, steps)        O ⊙ O, O Newton-Schulz polar factor (CPU kernel only)
     precision.py     tf32 as the tensor cores read it (emulated), its error bound
 
 The tests (tests/test_kernels*.py) and the benchmark (harness/bench_kernels.py, `mhc-bench bench

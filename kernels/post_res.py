@@ -7,8 +7,9 @@ with (H_res·x)_i = Σ_j H_res[i, j] x_j. None is the fixed mapping (H_post = 1,
 Fused, one pass reads (n + 1)·C and writes n·C per token; the unfused reference reads and
 writes the intermediate H_res·x and H_post^T·y as well. Backward: dx = H_res^T g,
 dy = Σ_i H_post[i] g_i, and the C-sums dH_res = g x^T, dH_post = g y, in fp32.
-On a CPU, backend=torch runs kernels/post_res_cpu.cpp for fp32/fp64 streams: one pass per token
-instead of a batched n x n by n x C matmul per token plus the elementwise ops around it.
+On a CPU, backend=torch runs kernels/post_res_cpu.cpp for fp32/fp64 streams in eager mode: one
+pass per token instead of a batched n x n by n x C matmul per token plus the elementwise ops
+around it. Under torch.compile the reference runs, which inductor fuses with its neighbours.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from kernels import cpu_build
 from kernels.backend import (
     absent,
     dtype_reason,
-    eager_or_compiled,
     empty_like,
     kernel_op,
     load,
@@ -93,32 +93,6 @@ def _cpu_backward(x: Tensor, y: Tensor, post: Optional[Tensor], res: Optional[Te
     return dx, dy, dpost, dres
 
 
-@torch.library.custom_op("mhc_bench::post_res_cpu", mutates_args=())
-def post_res_cpu_op(x: Tensor, y: Tensor, post: Optional[Tensor], res: Optional[Tensor]) -> Tensor:
-    """x (T, n, C), y (T, C) contiguous; post (T, n), res (T, n, n) of x's dtype or None (1, I) -> x'."""
-    return _cpu_forward(x, y, post, res)
-
-
-@torch.library.custom_op("mhc_bench::post_res_cpu_backward", mutates_args=())
-def post_res_cpu_backward_op(x: Tensor, y: Tensor, post: Optional[Tensor], res: Optional[Tensor],
-                             g: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dx, dy, dpost, dres = _cpu_backward(x, y, post, res, g)
-    return dx, dy, dpost if dpost is not None else absent(x), dres if dres is not None else absent(x)
-
-
-post_res_cpu_op.register_fake(lambda x, y, post, res: torch.empty_like(x))
-post_res_cpu_backward_op.register_fake(_backward_fake)
-
-
-def _cpu_op_backward(ctx, g):
-    x, y, post, res = ctx.saved_tensors
-    dx, dy, dpost, dres = post_res_cpu_backward_op(x, y, post, res, g.contiguous())
-    return dx, dy, dpost if post is not None else None, dres if res is not None else None
-
-
-post_res_cpu_op.register_autograd(_cpu_op_backward, setup_context=_setup)
-
-
 class _PostResCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, post: Optional[Tensor], res: Optional[Tensor]) -> Tensor:  # ctx first: a separate setup_context costs a signature bind per call
@@ -130,7 +104,6 @@ class _PostResCPU(torch.autograd.Function):
         return _cpu_backward(*ctx.saved_tensors, g.contiguous())
 
 
-post_res_cpu = eager_or_compiled(_PostResCPU, post_res_cpu_op)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,10 +113,10 @@ def post_res(x: Tensor, y: Tensor, h_post: Tensor | None, h_res: Tensor | None, 
     """x' = H_res·x + H_post^T·y (None = fixed 1 / I); backend: torch | triton | auto."""
     *lead, n, C = x.shape
     if resolve(backend, x.device, dtype_reason(x, y)) == "torch":
-        if not use_cpu_kernel(x.device, cpu_dtype_reason(x, y)):
-            return post_res_reference(x, y, h_post, h_res)
+        if torch.compiler.is_compiling() or not use_cpu_kernel(x.device, cpu_dtype_reason(x, y)):
+            return post_res_reference(x, y, h_post, h_res)  # compiled: inductor fuses the reference with its neighbours
         flat = lambda h, *tail: None if h is None else h.to(x.dtype).expand(*lead, *tail).reshape(-1, *tail).contiguous()  # noqa: E731
-        return post_res_cpu(x.reshape(-1, n, C).contiguous(), y.to(x.dtype).expand(*lead, C).reshape(-1, C).contiguous(),
+        return _PostResCPU.apply(x.reshape(-1, n, C).contiguous(), y.to(x.dtype).expand(*lead, C).reshape(-1, C).contiguous(),
                             flat(h_post, n), flat(h_res, n, n)).view(x.shape)
     flat = lambda h, *tail: None if h is None else h.expand(*lead, *tail).reshape(-1, *tail).float()  # noqa: E731
     out = post_res_op(x.reshape(-1, n, C).contiguous(), y.expand(*lead, C).reshape(-1, C).contiguous(),

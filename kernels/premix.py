@@ -7,7 +7,9 @@ values and writes C; backward reads (n + 1)·C and writes n·C, plus n fp32 sums
 The reference is the maths every variant ran before the kernels existed; the Triton path
 (kernels/premix_triton.py) computes in fp32 and rounds once, where the reference rounds H_pre
 to the stream dtype first. On a CPU, backend=torch runs kernels/premix_cpu.cpp for fp32/fp64
-streams: one pass per token instead of a batched 1 x n by n x C matmul per token.
+streams in eager mode: one pass per token instead of a batched 1 x n by n x C matmul per token.
+Under torch.compile the reference runs, which inductor fuses with the ops around it (measured
+faster than calling the kernel as an opaque op: results/bench-cpu/).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from kernels import cpu_build
 from kernels.backend import (
     absent,
     dtype_reason,
-    eager_or_compiled,
     empty,
     empty_like,
     kernel_op,
@@ -83,31 +84,6 @@ def _cpu_backward(x: Tensor, w: Optional[Tensor], dh: Tensor) -> tuple[Tensor, O
     return dx, dw
 
 
-@torch.library.custom_op("mhc_bench::premix_cpu", mutates_args=())
-def premix_cpu_op(x: Tensor, w: Optional[Tensor]) -> Tensor:
-    """x (T, n, C) contiguous, w (T, n) of x's dtype or None (1/n) -> h (T, C)."""
-    return _cpu_forward(x, w)
-
-
-@torch.library.custom_op("mhc_bench::premix_cpu_backward", mutates_args=())
-def premix_cpu_backward_op(x: Tensor, w: Optional[Tensor], dh: Tensor) -> tuple[Tensor, Tensor]:
-    dx, dw = _cpu_backward(x, w, dh)
-    return dx, dw if dw is not None else absent(x)
-
-
-premix_cpu_op.register_fake(lambda x, w: x.new_empty((x.shape[0], x.shape[2])))
-premix_cpu_backward_op.register_fake(lambda x, w, dh: (torch.empty_like(x), torch.empty_like(w) if w is not None else absent(x)))
-
-
-def _cpu_op_backward(ctx, dh):
-    x, w = ctx.saved_tensors
-    dx, dw = premix_cpu_backward_op(x, w, dh.contiguous())
-    return dx, dw if w is not None else None
-
-
-premix_cpu_op.register_autograd(_cpu_op_backward, setup_context=_setup)
-
-
 class _PremixCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Optional[Tensor]) -> Tensor:  # ctx first: a separate setup_context costs a signature bind per call
@@ -120,7 +96,6 @@ class _PremixCPU(torch.autograd.Function):
         return _cpu_backward(x, w, dh.contiguous())
 
 
-premix_cpu = eager_or_compiled(_PremixCPU, premix_cpu_op)
 CPU_DTYPES = (torch.float32, torch.float64)
 
 
@@ -139,9 +114,9 @@ def premix(x: Tensor, h_pre: Tensor | None, backend: str = "torch") -> Tensor:
     """h = Σ_i H_pre[i] x_i over the stream dim (-2); backend: torch | triton | auto."""
     *lead, n, C = x.shape
     if resolve(backend, x.device, dtype_reason(x)) == "torch":
-        if not use_cpu_kernel(x.device, cpu_dtype_reason(x)):
-            return premix_reference(x, h_pre)
+        if torch.compiler.is_compiling() or not use_cpu_kernel(x.device, cpu_dtype_reason(x)):
+            return premix_reference(x, h_pre)  # compiled: inductor fuses the reference with its neighbours
         w = None if h_pre is None else h_pre.to(x.dtype).expand(*lead, n).reshape(-1, n).contiguous()
-        return premix_cpu(x.reshape(-1, n, C).contiguous(), w).view(*lead, C)
+        return _PremixCPU.apply(x.reshape(-1, n, C).contiguous(), w).view(*lead, C)
     w = None if h_pre is None else h_pre.expand(*lead, n).reshape(-1, n).float()  # autograd sums a broadcast back
     return premix_op(x.reshape(-1, n, C).contiguous(), w).view(*lead, C)
