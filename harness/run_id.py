@@ -104,7 +104,8 @@ def legacy_hash(cfg, machine_paths: bool = True) -> str:
     for k, default in LATER_DATA_DEFAULTS.items():
         if d["data"].get(k, default) == default:
             d["data"].pop(k, None)
-    for k in ("progress", "threads", "stop_after", "parallel", "log_every", "recompute", "recompute_block", "keep_checkpoints"):
+    for k in ("progress", "threads", "cpu_kernels", "stop_after", "parallel", "log_every", "recompute", "recompute_block",
+              "keep_checkpoints"):
         d["train"].pop(k, None)
     d["variant"] = legacy_variant_section(cfg.variant)
     blob = json.dumps(d, sort_keys=True, default=str).encode()

@@ -79,8 +79,9 @@ def test_paper_grids_have_three_seeds_and_the_papers_settings():
     stress = load_grid(GRIDS / "lr_stress.toml")
     assert {r.cfg.model.n_layer for r in stress.runs} == {16} and len({r.cfg.optim.lr for r in stress.runs}) >= 5
     assert {(r.cfg.variant.name, getattr(r.cfg.variant.opts(), "sk_iters", None)) for r in stress.runs} == {
-        ("identity", None), ("hc", None), ("mhc", 20), ("mhc", 1), ("mhc-lite", None)}
-    assert len(stress.runs) == 5 * len({r.cfg.optim.lr for r in stress.runs}) * 3
+        ("identity", None), ("hc", None), ("mhc", 20), ("mhc", 1), ("mhc-lite", None), ("kromhc", None), ("frac", None),
+        ("orthostochastic", None)}  # every variant, so each has its own best lr for the tuned headline grid
+    assert len(stress.runs) == 8 * len({r.cfg.optim.lr for r in stress.runs}) * 3
     # its rerun of the mHC arms and the seeds study change nothing but what they say they change
     stress_ids = {r.id for r in stress.runs}
     rerun = load_grid(GRIDS / "lr_stress_mhc.toml")
@@ -604,3 +605,30 @@ def test_a_job_keeps_the_failure_train_recorded_and_survives_a_status_it_cannot_
 
     monkeypatch.setattr(RunDir, "write_status", read_only)
     _record_refusal(RunDir(tmp_path / "t"), UserError("corpus missing"))  # no second exception
+
+
+def test_deep_grids_share_the_headline_setting_with_eight_seeds():
+    """headline, table1_deep, k_sweep_deep and headline_long train where the variants separate:
+    16 blocks of tiny, peak lr 1e-2, 8 seeds per configuration (the converged Sinkhorn arm 3), and
+    differ from the headline only in what they say they change."""
+    headline = load_grid(GRIDS / "headline.toml")
+    main = load_grid(GRIDS / "main.toml")
+    assert {r.cfg.variant.name for r in headline.runs} == {r.cfg.variant.name for r in main.runs}
+    head_ids = {r.id for r in headline.runs}
+    for name in ("headline", "table1_deep", "k_sweep_deep", "headline_long"):
+        g = load_grid(GRIDS / f"{name}.toml")
+        assert g.preset == "tiny" and {(r.cfg.model.n_layer, r.cfg.optim.lr) for r in g.runs} == {(16, 1e-2)}, name
+        cells = {}
+        for r in g.runs:
+            cells.setdefault(tuple((k, v) for k, v in r.settings.items() if k != "train.seed"), set()).add(r.cfg.train.seed)
+        for cell, seeds in cells.items():
+            converged = ("variant.sk_mode", "converged") in cell
+            assert seeds == set(range(3 if converged else 8)), (name, cell)
+    table1 = load_grid(GRIDS / "table1_deep.toml")
+    assert {r.cfg.variant.opts().fixed for r in table1.runs if r.cfg.variant.name == "hc"} == {"pre,post", "post", "", "res"}
+    repeated = [r for r in table1.runs if r.cfg.variant.name == "identity" or r.cfg.variant.opts().fixed == ""]
+    assert len(repeated) == 16 and {r.id for r in repeated} <= head_ids  # the same runs as the headline's
+    k_sweep = load_grid(GRIDS / "k_sweep_deep.toml")
+    assert {r.cfg.variant.opts().sk_iters for r in k_sweep.runs if r.cfg.variant.name == "mhc"} >= {0, 1, 2, 5, 10, 20}
+    long = load_grid(GRIDS / "headline_long.toml")
+    assert {r.cfg.train.steps for r in long.runs} == {1600} and {r.cfg.variant.name for r in long.runs} == {"identity", "mhc", "mhc-lite"}
