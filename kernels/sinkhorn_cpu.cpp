@@ -29,30 +29,45 @@ template <typename T> struct Range;
 template <> struct Range<float> { static constexpr float linear = 30.0f; };
 template <> struct Range<double> { static constexpr double linear = 300.0; };
 
+// Entry (a, b) of a line: the b-th element of column a (col) or of row a.
+template <bool col, typename N>
+inline int entry(int a, int b, N n) { return col ? b * n + a : a * n + b; }
+
+// s = the sum of line a of every lane's matrix
+template <bool col, typename T, typename N>
+inline void line_sum(T* s, const T* m, int a, N n) {
+    for (int v = 0; v < LANES; ++v) s[v] = 0;
+    for (int b = 0; b < n; ++b)
+        for (int v = 0; v < LANES; ++v) s[v] += m[entry<col>(a, b, n) * LANES + v];
+}
+
+// line a of every lane's matrix times s
+template <bool col, typename T, typename N>
+inline void line_scale(T* m, const T* s, int a, N n) {
+    for (int b = 0; b < n; ++b)
+        for (int v = 0; v < LANES; ++v) m[entry<col>(a, b, n) * LANES + v] *= s[v];
+}
+
+// m <- m / (Σ m + eps) along one axis of every lane's matrix (col: sums over i; else over j);
+// eps = 0 in the paper mode
+template <bool col, typename T, typename N>
+static void normalise(T* m, N n, T eps = 0) {
+    T s[LANES];
+    for (int a = 0; a < n; ++a) {
+        line_sum<col>(s, m, a, n);
+        for (int v = 0; v < LANES; ++v) s[v] = T(1) / (s[v] + eps);
+        line_scale<col>(m, s, a, n);
+    }
+}
+
 // -- paper mode, linear domain, on a tile: k rounds of [columns, rows]; trace gets each iterate
 template <typename T, typename N>
 static void paper_rounds(T* m, N n, int iters, T* trace) {
     const int nn = n * n;
-    T s[LANES];
-    for (int r = 0; r < iters; ++r) {
-        for (int j = 0; j < n; ++j) {  // columns: sum over i
-            for (int v = 0; v < LANES; ++v) s[v] = 0;
-            for (int i = 0; i < n; ++i)
-                for (int v = 0; v < LANES; ++v) s[v] += m[(i * n + j) * LANES + v];
-            for (int v = 0; v < LANES; ++v) s[v] = T(1) / s[v];
-            for (int i = 0; i < n; ++i)
-                for (int v = 0; v < LANES; ++v) m[(i * n + j) * LANES + v] *= s[v];
-        }
-        if (trace) std::memcpy(trace + size_t(2 * r) * nn * LANES, m, sizeof(T) * nn * LANES);
-        for (int i = 0; i < n; ++i) {  // rows: sum over j
-            for (int v = 0; v < LANES; ++v) s[v] = 0;
-            for (int j = 0; j < n; ++j)
-                for (int v = 0; v < LANES; ++v) s[v] += m[(i * n + j) * LANES + v];
-            for (int v = 0; v < LANES; ++v) s[v] = T(1) / s[v];
-            for (int j = 0; j < n; ++j)
-                for (int v = 0; v < LANES; ++v) m[(i * n + j) * LANES + v] *= s[v];
-        }
-        if (trace) std::memcpy(trace + size_t(2 * r + 1) * nn * LANES, m, sizeof(T) * nn * LANES);
+    for (int h = 0; h < 2 * iters; ++h) {
+        if (h % 2 == 0) normalise<true>(m, n);
+        else normalise<false>(m, n);
+        if (trace) std::memcpy(trace + size_t(h) * nn * LANES, m, sizeof(T) * nn * LANES);
     }
 }
 
@@ -126,18 +141,14 @@ static void paper_forward(const T* L, T* H, int64_t tokens, N n, int iters) {
 }
 
 // dx = dy - p Σ dy along the axis a half-step normalised (col: over i; rows: over j)
-template <typename T, typename N>
-static void normalise_backward(T* d, const T* p, N n, bool col) {
+template <bool col, typename T, typename N>
+static void normalise_backward(T* d, const T* p, N n) {
     T s[LANES];
     for (int a = 0; a < n; ++a) {
-        for (int v = 0; v < LANES; ++v) s[v] = 0;
+        line_sum<col>(s, d, a, n);
         for (int b = 0; b < n; ++b) {
-            const int e = col ? b * n + a : a * n + b;
-            for (int v = 0; v < LANES; ++v) s[v] += d[e * LANES + v];
-        }
-        for (int b = 0; b < n; ++b) {
-            const int e = col ? b * n + a : a * n + b;
-            for (int v = 0; v < LANES; ++v) d[e * LANES + v] -= p[e * LANES + v] * s[v];
+            const int e = entry<col>(a, b, n) * LANES;
+            for (int v = 0; v < LANES; ++v) d[e + v] -= p[e + v] * s[v];
         }
     }
 }
@@ -161,45 +172,29 @@ static void paper_backward(const T* L, const T* G, T* dL, int64_t tokens, N n, i
             if (log_lane[v]) paper_log_lane(l + size_t(v) * nn, n, iters, m, trace, v);
         load_tile(d, G + t0 * nn, count, nn, T(0));
         for (int e = 0; e < nn * LANES; ++e) d[e] *= m[e];  // H = exp(x): dx = dH ⊙ H
-        for (int h = 2 * iters - 1; h >= 0; --h) normalise_backward(d, trace + size_t(h) * nn * LANES, n, h % 2 == 0);
+        for (int h = 2 * iters - 1; h >= 0; --h) {
+            const T* p = trace + size_t(h) * nn * LANES;
+            if (h % 2 == 0) normalise_backward<true>(d, p, n);
+            else normalise_backward<false>(d, p, n);
+        }
         store_tile(dL + t0 * nn, d, count, nn);
     }
 }
 
 // -- kernel mode ---------------------------------------------------------------------------
-// m <- m / (Σ m + eps) along one axis
-template <typename T, typename N>
-static void eps_normalise(T* m, N n, bool col, T eps) {
-    T s[LANES];
-    for (int a = 0; a < n; ++a) {
-        for (int v = 0; v < LANES; ++v) s[v] = 0;
-        for (int b = 0; b < n; ++b) {
-            const int e = col ? b * n + a : a * n + b;
-            for (int v = 0; v < LANES; ++v) s[v] += m[e * LANES + v];
-        }
-        for (int v = 0; v < LANES; ++v) s[v] += eps;
-        for (int b = 0; b < n; ++b) {
-            const int e = col ? b * n + a : a * n + b;
-            for (int v = 0; v < LANES; ++v) m[e * LANES + v] /= s[v];
-        }
-    }
-}
-
 // (d in: dy, out: dm) for y = m / (s + eps), s = Σ m along the axis:
 // dm = dy / (s + eps) - Σ (dy ⊙ m) / (s + eps)²
-template <typename T, typename N>
-static void eps_normalise_backward(T* d, const T* m, N n, bool col, T eps) {
+template <bool col, typename T, typename N>
+static void eps_normalise_backward(T* d, const T* m, N n, T eps) {
     T s[LANES], q[LANES];
     for (int a = 0; a < n; ++a) {
-        for (int v = 0; v < LANES; ++v) s[v] = 0, q[v] = 0;
+        line_sum<col>(s, m, a, n);
+        for (int v = 0; v < LANES; ++v) q[v] = 0, s[v] += eps;
+        for (int b = 0; b < n; ++b)
+            for (int v = 0; v < LANES; ++v) q[v] += d[entry<col>(a, b, n) * LANES + v] * m[entry<col>(a, b, n) * LANES + v];
         for (int b = 0; b < n; ++b) {
-            const int e = col ? b * n + a : a * n + b;
-            for (int v = 0; v < LANES; ++v) s[v] += m[e * LANES + v], q[v] += d[e * LANES + v] * m[e * LANES + v];
-        }
-        for (int v = 0; v < LANES; ++v) s[v] += eps;
-        for (int b = 0; b < n; ++b) {
-            const int e = col ? b * n + a : a * n + b;
-            for (int v = 0; v < LANES; ++v) d[e * LANES + v] = d[e * LANES + v] / s[v] - q[v] / (s[v] * s[v]);
+            const int e = entry<col>(a, b, n) * LANES;
+            for (int v = 0; v < LANES; ++v) d[e + v] = d[e + v] / s[v] - q[v] / (s[v] * s[v]);
         }
     }
 }
@@ -231,7 +226,8 @@ static void kernel_steps(T* m, N n, int iters, T eps, T* trace) {
     const int nn = n * n;
     for (int h = 0; h < 2 * iters - 1; ++h) {
         if (trace) std::memcpy(trace + size_t(h) * nn * LANES, m, sizeof(T) * nn * LANES);
-        eps_normalise(m, n, h % 2 == 0, eps);
+        if (h % 2 == 0) normalise<true>(m, n, eps);
+        else normalise<false>(m, n, eps);
     }
 }
 
@@ -261,7 +257,11 @@ static void kernel_backward(const T* L, const T* G, T* dL, int64_t tokens, N n, 
         for (int e = 0; e < nn * LANES; ++e) m[e] = p[e] + eps;
         kernel_steps(m, n, iters, eps, trace);
         load_tile(d, G + t0 * nn, count, nn, T(0));
-        for (int h = int(steps) - 1; h >= 0; --h) eps_normalise_backward(d, trace + size_t(h) * nn * LANES, n, h % 2 == 0, eps);
+        for (int h = int(steps) - 1; h >= 0; --h) {
+            const T* m_in = trace + size_t(h) * nn * LANES;
+            if (h % 2 == 0) eps_normalise_backward<true>(d, m_in, n, eps);
+            else eps_normalise_backward<false>(d, m_in, n, eps);
+        }
         // softmax: dL = p ⊙ (dp - Σ_j dp p), per row
         for (int i = 0; i < n; ++i) {
             T q[LANES];
