@@ -27,6 +27,15 @@ from harness import signals
 from harness.atomic import write_text
 from harness.errors import UserError
 from harness.rundir import RunDir, experiment_dir
+from harness.stats import (
+    PAPER_GAP,
+    Comparison,
+    adjust,
+    check_poolable,
+    compare,
+    pooled_sd,
+    seeds_for_power,
+)
 
 SMALL_TABLE_BYTES = 4 * 1024 * 1024  # publish copies tables up to this size (results/ lives in git)
 
@@ -102,9 +111,12 @@ class LossStat:
     mean: float
     half: float  # 95% CI half-width (Student t); NaN with one seed
     delta: float  # mean - the reference's mean
-    p: float  # Welch's two-sided p against the reference; NaN when not tested
+    p: float  # Welch's two-sided p against the reference, unadjusted; NaN when not tested
     verdict: str
     reference: bool  # this row is the reference itself
+    median: float = math.nan
+    comparison: Comparison | None = None  # harness/stats.py: rank test, bootstrap CI, Holm-adjusted p
+    spiked: int | None = None  # seeds with at least one loss spike (harness/signals.py); None = unknown
 
     @property
     def n(self) -> int:
@@ -146,45 +158,100 @@ def loss_stats(rows) -> list[LossStat]:
 
     The reference is the Baseline (identity); an experiment without one (a k sweep, say) is
     compared with the paper's own mHC setting when it has that row. In a depth or learning-rate
-    sweep each configuration is compared with the reference at the same depth and lr.
+    sweep each configuration is compared with the reference at the same depth and lr. The seed
+    noise is heavy-tailed, so beside Welch's t-test each comparison has a rank test and a bootstrap
+    CI of the difference in medians (harness/stats.py); the verdict reads Welch's p after
+    Holm-Bonferroni over all the report's comparisons, and says whether the median's CI agrees.
     """
-    from harness.eval.table import summarize
+    import numpy as np
 
+    from harness.eval.table import _setting, summarize
+
+    for row in rows:  # never pool runs whose recipes differ
+        check_poolable([_setting(run.config) for run in row.runs], [run.path.name for run in row.runs])
     refs, cell, _, _, _ = _references(rows)
+    spikes = _spiked_seeds(rows)
     out = []
     for row in rows:
         base = refs[cell(row)]
         base_vals = [run.val_loss for run in base.runs] if base else []
-        base_mean = sum(base_vals) / len(base_vals) if base_vals else math.nan
         vals = [run.val_loss for run in row.runs]
         mean, half, _ = summarize(vals, [math.nan] * len(vals))
-        delta = mean - base_mean if row is not base else 0.0
-        _, p = welch(vals, base_vals) if row is not base else (math.nan, math.nan)
-        if row is base:
-            verdict = "reference"
-        elif base is None:
-            verdict = "–"
-        elif p != p:
-            verdict = "no test (needs ≥ 2 seeds on both sides)"
-        elif p < 0.05:
-            verdict = f"lower loss than {base.label}" if delta < 0 else f"higher loss than {base.label}"
-        else:
-            verdict = f"inside the noise (p = {p:.2f})"
-        out.append(LossStat(row.label, vals, mean, half, delta, p, verdict, row is base))
+        finite = [v for v in vals if v == v]
+        comparison = compare(vals, base_vals) if base is not None and row is not base else None
+        out.append(LossStat(row.label, vals, mean, half, 0.0 if row is base else comparison.delta_mean if comparison else math.nan,
+                            comparison.welch_p if comparison else math.nan, "", row is base,
+                            float(np.median(finite)) if finite else math.nan, comparison, spikes.get(id(row))))
+    adjust([s.comparison for s in out if s.comparison is not None])
+    for s, row in zip(out, rows):
+        s.verdict = _verdict(s, refs[cell(row)])
     return out
 
 
-def loss_summary(rows) -> tuple[list[str], list[list[str]], list[str]]:
-    """loss_stats as a table: (header, body, notes)."""
+def _verdict(s: LossStat, base) -> str:
+    c = s.comparison
+    if s.reference:
+        return "reference"
+    if base is None:
+        return "–"
+    if c is None or c.holm_welch_p != c.holm_welch_p:
+        return "no test (needs ≥ 2 seeds on both sides)"
+    if c.holm_welch_p >= 0.05:
+        return f"inside the noise (Holm p = {c.holm_welch_p:.2f})"
+    side = "lower" if c.delta_mean < 0 else "higher"
+    robust = ("the medians' 95% CI agrees" if c.median_ci_excludes_zero and (c.ci_high < 0) == (c.delta_mean < 0)
+              else "but the medians' 95% CI includes 0")
+    return f"{side} loss than {base.label} (Holm p = {c.holm_welch_p:.2g}; {robust})"
+
+
+def _spiked_seeds(rows) -> dict:
+    """{id(row): seeds with at least one training-loss spike} for rows whose runs have metrics."""
+    out = {}
+    for row in rows:
+        counts = []
+        for run in row.runs:
+            rd = RunDir(run.path, writer=False)
+            if not (run.path / "metrics.parquet").is_file():
+                break
+            counts.append(signals.of_run(rd)[1]["loss_spikes"] > 0)
+        else:
+            out[id(row)] = int(sum(counts))
+    return out
+
+
+def loss_summary(rows, stats: list[LossStat] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
+    """loss_stats as a table: (header, body, notes), the power line among the notes."""
     refs, _, ref_name, where, kinds = _references(rows)
-    header = ["configuration", "runs", "final val loss", f"Δ vs {ref_name}{where}", "Welch p", "verdict"]
+    stats = stats if stats is not None else loss_stats(rows)
+    header = ["configuration", "runs", "final val loss", "median", f"Δ vs {ref_name}{where}", "Δ median [95% CI]",
+              "Welch p", "rank p", "Holm p (Welch / rank)", "seeds with a loss spike", "verdict"]
     body = []
-    for s in loss_stats(rows):
+    fmt = lambda x, f: f.format(x) if x == x else "–"  # noqa: E731
+    for s in stats:
+        c = s.comparison
         ci = f" ± {s.half:.4f}" if s.half == s.half else ""
-        body.append([s.label, str(len(s.values)), f"{s.mean:.4f}{ci}", f"{s.delta:+.4f}" if s.delta == s.delta else "–",
-                     f"{s.p:.3g}" if s.p == s.p else "–", s.verdict])
-    notes = ["± is a 95% CI over seeds (Student t); p is Welch's two-sided t-test of the final validation "
-             f"loss against {ref_name}{where}; a difference with p ≥ 0.05 is reported as inside the noise."]
+        body.append([s.label, str(len(s.values)), f"{s.mean:.4f}{ci}", fmt(s.median, "{:.4f}"),
+                     f"{s.delta:+.4f}" if s.delta == s.delta else "–",
+                     f"{c.delta_median:+.4f} [{fmt(c.ci_low, '{:+.4f}')}, {fmt(c.ci_high, '{:+.4f}')}]" if c else "–",
+                     fmt(c.welch_p, "{:.3g}") if c else "–", fmt(c.rank_p, "{:.3g}") if c else "–",
+                     f"{fmt(c.holm_welch_p, '{:.3g}')} / {fmt(c.holm_rank_p, '{:.3g}')}" if c else "–",
+                     f"{s.spiked}/{len(s.values)}" if s.spiked is not None else "–", s.verdict])
+    tested = [s for s in stats if s.comparison is not None and s.comparison.welch_p == s.comparison.welch_p]
+    notes = [f"± is a 95% CI over seeds (Student t). Against {ref_name}{where}: Welch's two-sided t-test, the "
+             "Mann-Whitney rank test (one outlying seed moves it by one rank), and a bootstrap 95% CI of the "
+             "difference in medians; the verdict reads Welch's p after Holm-Bonferroni over the "
+             f"{len(tested)} comparisons of this report (p ≥ 0.05: inside the noise). A loss spike: the training "
+             "loss rising above 1.5x its running minimum after warm-up (harness/signals.py)."]
+    sd = pooled_sd([s.values for s in stats])
+    if tested and sd == sd:
+        largest = max(tested, key=lambda s: abs(s.delta))
+        need = lambda gap: seeds_for_power(gap, sd)  # noqa: E731
+        show = lambda n: "more than 100,000" if n == math.inf else f"{n:,.0f}"  # noqa: E731
+        notes.append(f"Power: at the measured spread (pooled SD of the final loss over every configuration's seeds, "
+                     f"{sd:.3f}), a two-sided t-test at α = 0.05 needs {show(need(PAPER_GAP))} seeds per configuration "
+                     f"to detect a gap of {PAPER_GAP} (the mHC paper's size) with 80% power, and "
+                     f"{show(need(largest.delta))} for the largest gap measured here ({largest.delta:+.3f}, "
+                     f"{largest.label}); this report has {min(s.n for s in stats)}-{max(s.n for s in stats)} per configuration.")
     if not any(refs.values()):
         notes.append("No Baseline (identity) runs in this experiment: deltas and tests are omitted.")
     elif "Baseline" not in kinds:
@@ -328,12 +395,13 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
           f"code {str(env.get('git_commit'))[:12]}{' (uncommitted changes)' if env.get('git_dirty') else ''}.")
 
     doc.h2("Which residual connection trained best?")
-    header, body, notes = loss_summary(rows)
-    headline = plots.final_loss(loss_stats(rows), out / "final_loss.png", palette)
+    stats = loss_stats(rows)
+    header, body, notes = loss_summary(rows, stats)
+    headline = plots.final_loss(stats, out / "final_loss.png", palette)
     if headline is not None:
         doc.figure(headline, f"Final validation loss per configuration: mean and 95% CI over seeds (Student t), a dot per "
-                             f"seed, the dashed line at the reference's mean; beside each row, Welch's t-test against "
-                             f"{header[3].removeprefix('Δ vs ')}.")
+                             f"seed, the dashed line at the reference's mean; beside each row, the verdict against "
+                             f"{header[4].removeprefix('Δ vs ')} (Welch's t-test, Holm-adjusted over the report).")
     doc.table(header, body, notes)
 
     axis_figures, focus_runs = _axis_sections(doc, all_runs, out)
