@@ -26,6 +26,7 @@ from pathlib import Path
 from harness import signals
 from harness.atomic import write_text
 from harness.errors import UserError
+from harness.published_paths import sanitize_folder
 from harness.rundir import RunDir, experiment_dir
 from harness.stats import (
     PAPER_GAP,
@@ -387,7 +388,8 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     palette = plots.palette([row.label for row in rows] + [label for axis in axes.swept_axes(all_runs)
                                                            for label in axes.series_labels(all_runs, axis)])
     doc = Doc(f"mhc-bench report: {experiment.name}")
-    doc.p(f"{len(per_run)} runs in {len(rows)} configurations; written {now()} from {experiment}.")
+    doc.p(f"{len(per_run)} runs in {len(rows)} configurations; written {now()} from the experiment folder "
+          f"{experiment.name}/ of the runs directory.")
     for note in left_out + capped_runs(tables["diagnostics"]):
         doc.p(note)
     doc.p(f"Hardware and versions: {env.get('device_name', '?')} ({env.get('device', '?')}), host {env.get('host', '?')}; "
@@ -580,6 +582,7 @@ def publish(experiment, runs_dir: str = "runs", results_dir: str = "results") ->
             else:
                 print(f"publish: {f.name} left out ({f.stat().st_size / 2**20:.0f} MiB > {SMALL_TABLE_BYTES / 2**20:.0f} MiB)",
                       file=sys.stderr)
+        sanitize_folder(tmp)  # results/ lives in git: paths relative to the project, never this machine's folders
         old = dest.parent / f".{dest.name}.old"
         if dest.exists():
             dest.rename(old)

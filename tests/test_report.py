@@ -54,6 +54,11 @@ def test_report_and_publish(experiment, tmp_path, capsys):
     names = {p.name for p in published.iterdir()}
     assert {"report.md", "report.html", "amax.png"} <= names
     assert not any(n.endswith(".pt") for n in names)
+    # the experiment lives in a temporary folder: the published files name no machine folder
+    from tests.test_published_results import absolute_paths_in
+
+    assert {p.name: hits for p in published.iterdir() if (hits := absolute_paths_in(p))} == {}
+    assert f"from the experiment folder {experiment.name}/" in (published / "report.md").read_text()
 
 
 def test_report_of_missing_experiment_is_one_line(tmp_path, capsys):
