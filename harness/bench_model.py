@@ -57,7 +57,13 @@ from variants.peers import (
     package_version,
 )
 
-DEFAULT_VARIANTS = ("identity", "hc", "mhc", "mhc-lite", "kromhc", "frac", "orthostochastic")
+
+def default_variants() -> list[str]:
+    """`bench model`'s variants when none are named: every registered variant with `in_bench`."""
+    from variants.registry import get_variant_class, variant_names
+
+    return [n for n in variant_names() if get_variant_class(n).in_bench]
+
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -613,7 +619,8 @@ def register(sub) -> None:
     """Add `bench model` to the `bench` sub-command group."""
     p = sub.add_parser("model", help="training-step time, tokens/s, MFU, memory and overhead per variant x backend x preset")
     p.add_argument("--preset", default="tiny", help="comma-separated presets (default tiny)")
-    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated variants (default: %(default)s)")
+    p.add_argument("--variants", default=",".join(default_variants()),
+                   help="comma-separated variants (default: every registered variant with in_bench: %(default)s)")
     p.add_argument("--backends", default="torch", help="comma-separated: torch, triton, compile (torch.compile of the torch path)")
     p.add_argument("--peers", default="all",
                    help=f"public implementations timed as extra rows in the same model: all (default), none, or "

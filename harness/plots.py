@@ -28,6 +28,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
 from harness.atomic import atomic_path  # noqa: E402
+from variants.registry import variant_colours  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -44,9 +45,8 @@ def _band():
 
 
 # ---------------------------------------------------------------------- one colour per configuration
-# Keyed by the table's row label of a variant (harness/eval/table.py LABELS): fixed across reports.
-VARIANT_COLOURS = {"Baseline": "#555555", "HC": "#ff7f0e", "mHC": "#1f77b4", "mHC-lite": "#2ca02c", "KromHC": "#9467bd",
-                   "Frac-Connections": "#8c564b", "orthostochastic": "#e377c2"}
+# A variant's fixed colour is declared on it (variants/<name>.py `colour`, read through the registry),
+# keyed here by its row label: the same in every report.
 # for the other labels (ablations, variants not above), in order of first appearance
 SPARE_COLOURS = ["#d62728", "#bcbd22", "#17becf", "#637939", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
 
@@ -66,7 +66,7 @@ def _shade(colour, amount: float) -> tuple:
 def palette(labels) -> dict:
     """{label: colour} for configuration labels, the same in every figure.
 
-    A variant has its fixed colour (VARIANT_COLOURS); several settings of one variant ('mHC
+    A variant has its fixed colour (its class's `colour`); several settings of one variant ('mHC
     (variant.sk_iters=1)', 'mHC (variant.sk_iters=20)', ...) are shades of it, darkest first in
     the labels' natural order, and the bare label keeps the colour itself; any other label
     (an ablation, a variant without a fixed colour) takes the next spare colour.
@@ -76,11 +76,12 @@ def palette(labels) -> dict:
     families: dict[str, list[str]] = {}
     for label in dict.fromkeys(labels):
         families.setdefault(_family(label), []).append(label)
-    spare = iter(SPARE_COLOURS)
+    fixed = variant_colours()
+    spare = iter(c for c in SPARE_COLOURS if c not in fixed.values())
     extra = sns.color_palette("husl", max(1, len(families)))
     out = {}
     for i, (family, members) in enumerate(families.items()):
-        colour = to_rgb(VARIANT_COLOURS.get(family) or next(spare, None) or extra[i])
+        colour = to_rgb(fixed.get(family) or next(spare, None) or extra[i])
         bare = family in members
         settings = sorted((m for m in members if m != family), key=natural_key)
         if bare:

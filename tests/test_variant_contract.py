@@ -56,6 +56,8 @@ class Gate(ResidualVariant):
     residual_cls = GateResidual
     options_cls = GateOptions
     description = "x + g F(x), a learned scalar gate (test only)"
+    label = "Gated residual"
+    colour = "#123456"
 '''
 
 
@@ -87,3 +89,27 @@ def test_a_variant_in_a_new_module_gets_the_contract_and_leaves_run_ids_alone(th
     assert own.variant.gate_init == 1.0
     tuned = apply_overrides(get_preset("tiny"), [f"variant.name={throwaway_variant}", "variant.gate_init=0.5"])
     assert tuned.config_hash() != own.config_hash()
+
+
+def test_a_new_variant_is_labelled_coloured_and_benchmarked_from_its_own_file(throwaway_variant, tmp_path):
+    """What a report, its figures and `bench model` say of a variant is read from the variant's
+    class (label, colour, in_bench): registering it is all it takes."""
+    from pathlib import Path
+
+    from matplotlib.colors import to_rgb
+
+    from harness import plots
+    from harness.bench_model import default_variants
+    from harness.config import apply_overrides
+    from harness.eval.table import Run, group_rows
+    from harness.presets import get_preset
+    from harness.report import loss_summary
+
+    runs = [Run(Path(f"{v}-s{seed}"), apply_overrides(get_preset("tiny"), [f"variant.name={v}", f"train.seed={seed}"]).to_dict(),
+                2.3 + 0.01 * seed, None) for v in ("identity", throwaway_variant) for seed in range(3)]
+    rows = group_rows(runs)
+    assert [r.label for r in rows] == ["Baseline", "Gated residual"]
+    _, body, _ = loss_summary(rows)
+    assert body[1][0] == "Gated residual"
+    assert plots.palette([r.label for r in rows])["Gated residual"] == to_rgb("#123456")
+    assert throwaway_variant in default_variants()

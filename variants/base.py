@@ -114,6 +114,11 @@ class ResidualVariant:
     backends: tuple[str, ...] = ("torch",)
     contract_options: tuple[dict, ...] = ({},)  # option sets the contract tests run (tests/variant_contract.py)
     contract_n: int = 3  # the stream count they use (3 exercises padding to a power of 2 in the kernels)
+    # What reports, plots and benchmarks say of the variant, read from here (never listed elsewhere):
+    label: str = ""  # its name in tables and figures ("" = the registry name)
+    colour: str = ""  # its fixed colour in every figure, "#rrggbb" ("" = the next spare colour)
+    in_bench: bool = True  # among `bench model`'s default variants
+    audit: bool = True  # compiled by the kernel compile gate (harness/kernel_audit), where it has Triton kernels
 
     def __init__(self, cfg: VariantConfig, d_model: int, n_sublayers: int):
         self.cfg, self.d_model, self.n_sublayers = cfg, d_model, n_sublayers

@@ -90,6 +90,8 @@ class FracResidual(Residual):
 
 
 class Frac(ResidualVariant):
+    label = "Frac-Connections"
+    colour = "#8c564b"
     default_n_streams = 4
     residual_cls = FracResidual
     options_cls = FracOptions

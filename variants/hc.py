@@ -148,6 +148,8 @@ class HCResidual(StreamResidual):
 
 
 class HC(ResidualVariant):
+    label = "HC"
+    colour = "#ff7f0e"
     default_n_streams = 4
     residual_cls = HCResidual
     options_cls = MixingOptions

@@ -20,6 +20,9 @@ class IdentityResidual(Residual):
 
 
 class Identity(ResidualVariant):
+    label = "Baseline"
+    colour = "#555555"
+    audit = False  # no stream maths: nothing for the kernel compile gate
     default_n_streams = 1
     residual_cls = IdentityResidual
     description = "the plain pre-norm residual x + F(x): one stream, no mixing (the baseline)"

@@ -62,6 +62,8 @@ class KromHCResidual(ManifoldResidual):
 
 
 class KromHC(ResidualVariant):
+    label = "KromHC"
+    colour = "#9467bd"
     default_n_streams = 4
     residual_cls = KromHCResidual
     options_cls = KromHCOptions

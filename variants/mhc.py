@@ -131,6 +131,8 @@ class MHCResidual(StreamResidual):
 
 
 class MHC(ResidualVariant):
+    label = "mHC"
+    colour = "#1f77b4"
     default_n_streams = 4
     residual_cls = MHCResidual
     options_cls = MHCOptions

@@ -54,6 +54,8 @@ class MHCLiteResidual(MHCResidual):
 
 
 class MHCLite(ResidualVariant):
+    label = "mHC-lite"
+    colour = "#2ca02c"
     default_n_streams = 4
     residual_cls = MHCLiteResidual
     options_cls = MHCLiteOptions

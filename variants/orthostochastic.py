@@ -60,6 +60,8 @@ class OrthostochasticResidual(ManifoldResidual):
 
 
 class Orthostochastic(ResidualVariant):
+    label = "orthostochastic"
+    colour = "#e377c2"
     default_n_streams = 4
     residual_cls = OrthostochasticResidual
     options_cls = OrthostochasticOptions

@@ -57,6 +57,16 @@ def get_variant_class(name: str) -> type:
     return cls
 
 
+def variant_label(name: str) -> str:
+    """A variant's name in tables and figures (its class's `label`; an unregistered name as it is)."""
+    return (get_variant_class(name).label or name) if name in REGISTRY else name
+
+
+def variant_colours() -> dict[str, str]:
+    """{label: "#rrggbb"} of the registered variants that fix their colour (the rest get spare ones)."""
+    return {variant_label(n): c for n in REGISTRY if (c := get_variant_class(n).colour)}
+
+
 def build_variant(cfg: "VariantConfig", d_model: int, n_sublayers: int):
     """The variant named by `cfg.name`, checked against its options."""
     return get_variant_class(cfg.name)(cfg, d_model, n_sublayers)

@@ -31,9 +31,8 @@ from harness.eval import paper
 from harness.eval.suites import ALIASES, SUITES
 from harness.run_id import EXECUTION_ONLY
 from harness.rundir import RunDir, experiment_dir
+from variants.registry import variant_label
 
-LABELS = {"identity": "Baseline", "hc": "HC", "mhc": "mHC", "mhc-lite": "mHC-lite", "kromhc": "KromHC",
-          "frac": "Frac-Connections", "orthostochastic": "orthostochastic"}
 MAPPINGS = ("res", "pre", "post")  # the paper's order in Table 1
 METRIC_NAMES = {"exact_match": "EM", "f1": "F1", "acc": "Acc", "bits_per_byte": "bits/byte"}
 LAYOUTS = ("table4", "table1")
@@ -96,7 +95,7 @@ def _learned(cfg: dict) -> frozenset:
 def row_label(cfg: dict) -> str:
     """Baseline / HC / mHC / mHC-lite, or the ablation's learned mappings."""
     name = cfg["variant"]["name"]
-    base = LABELS.get(name, name)
+    base = variant_label(name)
     if name == "identity" or not cfg["variant"].get("fixed", "").strip():
         return base
     learned = [m for m in MAPPINGS if m in _learned(cfg)]

@@ -19,17 +19,26 @@ from variants.registry import VariantConfig
 
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16), "fp32": (torch.float32, torch.bfloat16)}
 
-# name -> variant options: one of each kind of coefficient maths and fixed-mapping ablation
+
+
+def _registered() -> dict[str, dict]:
+    """Every registered variant with Triton kernels and `audit` (its class says), at its defaults:
+    mhc (RMSNorm(x⃗)φ, σ / 2σ heads, Sinkhorn k = 20), mhc-lite (softmax over the n! permutations),
+    hc (per-stream projection, tanh in PyTorch), kromhc and orthostochastic (mHC's projection, their
+    H_res map in PyTorch), and any variant registered since."""
+    from variants.registry import get_variant_class, variant_names
+
+    return {n: dict(name=n) for n in variant_names()
+            if get_variant_class(n).audit and "triton" in get_variant_class(n).backends}
+
+
+# name -> variant options: every registered variant, then the other kinds of coefficient maths and ablations
 VARIANT_KINDS = {
-    "mhc": dict(name="mhc"),  # RMSNorm(x⃗)φ, σ / 2σ heads, Sinkhorn k = 20 (paper order)
+    **_registered(),
     "mhc-sk-kernel": dict(name="mhc", sk_mode="kernel"),  # the other Sinkhorn convention
-    "mhc-lite": dict(name="mhc-lite"),  # softmax over the n! permutations (n <= 5)
     "mhc-ieee": dict(name="mhc", precision="ieee"),  # the projection on fp32 FMA units instead of tensor cores
     "mhc-tf32x3": dict(name="mhc", precision="tf32x3"),  # three tf32 products: ~fp32 accuracy on tensor cores
-    "hc": dict(name="hc"),  # per-stream RMSNorm + θ projection, tanh in PyTorch
     "hc-ieee": dict(name="hc", precision="ieee"),
-    "kromhc": dict(name="kromhc"),  # mHC's projection at 2n + log2 n columns; Kronecker H_res in PyTorch
-    "orthostochastic": dict(name="orthostochastic"),  # Newton-Schulz H_res in PyTorch
     "mhc-fixed-res": dict(name="mhc", fixed="res"),  # H_res = I: heads without Sinkhorn
     "mhc-fixed-pre-post": dict(name="mhc", fixed="pre,post"),  # H_pre = 1/n, H_post = 1
 }
