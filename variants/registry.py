@@ -32,6 +32,9 @@ REGISTRY: dict[str, str] = {
     "kromhc": "variants.kromhc:KromHC",
     "frac": "variants.frac:Frac",
     "orthostochastic": "variants.orthostochastic:Orthostochastic",
+    "go-mhc": "variants.go_mhc:GoMHC",
+    "shc": "variants.shc:SHC",
+    "tbp-mhc": "variants.tbp_mhc:TBPMHC",
 }
 
 
