@@ -28,8 +28,13 @@ Aggregation over tokens, all three reported in the `stat` column:
 Also per span: max |log column sum| (0 when every column sums to 1; the mHC-lite paper's
 "column sums off by up to 220%") and the distance from the uniform matrix J/n, relative to a
 permutation's (1 = streams kept apart like I, 0 = fully homogenised; 0 for n = 1).
-Per layer: mean/min/max/std of H_pre, H_post, H_res; the doubly-stochastic gaps
-max |row sum - 1|, max |col sum - 1|; and log(1/ν) = max - min of the H_res logits (mHC only).
+Per layer: mean/min/max/std of H_pre, H_post, H_res (the min of H_res is its most negative
+entry where entries may be negative, sHC); the doubly-stochastic gaps max |row sum - 1|,
+max |col sum - 1|; the spectral norm of H_res (1 for sHC by construction, ≤ 1 for doubly
+stochastic matrices); and log(1/ν) = max - min of the H_res logits (mHC only).
+Stream collapse (arXiv 2606.03483), per layer and averaged over the layers (scope 'model'): the
+largest stream's share of the sub-layer input's energy (`stream_share`, 1/n balanced, 1 one
+stream carries all) and ‖H_res - I‖_F (`res_identity_distance`, 0 = the streams are not mixed).
 With `variant.sk_mode=converged`, also the Sinkhorn rounds each H_res took (`sk_rounds`) and
 the fraction of tokens whose H_res stopped at `sk_max_iters` short of `sk_tol` (`sk_capped`):
 a reference that did not converge must say so (training logs a warning when it is > 0).
@@ -128,16 +133,19 @@ SPAN_METRICS = {
 # Collecting the coefficients a model actually used
 # =============================================================================================
 @torch.no_grad()
-def collect_mixing(model, x: Tensor) -> list[Mixing]:
-    """One no-grad forward on token ids x (B, T) with `recording` on; one Mixing per sub-layer."""
+def collect_mixing(model, x: Tensor, shares: list | None = None) -> list[Mixing]:
+    """One no-grad forward on token ids x (B, T) with `recording` on; one Mixing per sub-layer
+    (and, into `shares` if given, each sub-layer input's largest-stream share, (B, T))."""
     residuals = model.residuals()
     was_training, was_recording = model.training, [r.recording for r in residuals]
     device = next(model.parameters()).device
     model.eval()
     try:
         for r in residuals:
-            r.recording, r.last = True, None
+            r.recording, r.last, r.last_share = True, None, None
         model(x.to(device))
+        if shares is not None:
+            shares[:] = [r.last_share for r in residuals]
         return [r.last for r in residuals]
     finally:
         for r, rec in zip(residuals, was_recording):
@@ -149,6 +157,27 @@ def _stats(values: Tensor) -> dict[str, float]:
     v = values.flatten()
     return {"mean": v.mean().item(), "min": v.min().item(), "max": v.max().item(),
             "std": v.std(unbiased=False).item()}
+
+
+def collapse_rows(mixings: list[Mixing], shares: list[Tensor | None], n: int, like: Tensor) -> list[dict]:
+    """Stream-collapse rows (module doc): per layer (scope 'layer') and their mean over the layers
+    (scope 'model', start 0, end L - 1), token_mean and token_max."""
+    per_layer = {"stream_share": [s.detach().double().cpu() if s is not None else None for s in shares],
+                 "res_identity_distance": [(mix.dense(n, like)[2].detach().double().cpu() - torch.eye(n, dtype=torch.float64))
+                                           .square().sum(dim=(-2, -1)).sqrt() for mix in mixings]}
+    rows = []
+    for metric, values in per_layer.items():
+        values = [v for v in values if v is not None]
+        for l, v in enumerate(values):
+            rows += [dict(scope="layer", start=l, end=l, metric=metric, stat="token_mean", value=v.mean().item()),
+                     dict(scope="layer", start=l, end=l, metric=metric, stat="token_max", value=v.max().item())]
+        if values:
+            stacked = torch.stack([v.flatten() for v in values])  # (L, tokens)
+            rows += [dict(scope="model", start=0, end=len(values) - 1, metric=metric, stat="token_mean",
+                          value=stacked.mean().item()),
+                     dict(scope="model", start=0, end=len(values) - 1, metric=metric, stat="token_max",
+                          value=stacked.mean(dim=0).max().item())]
+    return rows
 
 
 def layer_rows(mixings: list[Mixing], n: int, like: Tensor, sinkhorn: dict | None = None) -> list[dict]:
@@ -165,7 +194,7 @@ def layer_rows(mixings: list[Mixing], n: int, like: Tensor, sinkhorn: dict | Non
         per_token = {"h_pre": pre, "h_post": post, "h_res": res}
         for metric, t in per_token.items():
             rows += [dict(scope="layer", start=l, end=l, metric=metric, stat=a, value=v) for a, v in _stats(t).items()]
-        gaps = {"res_row_gap": row_gap, "res_col_gap": col_gap}
+        gaps = {"res_row_gap": row_gap, "res_col_gap": col_gap, "res_spectral_norm": torch.linalg.matrix_norm(res, ord=2)}
         if mix.res_logits is not None:
             gaps["log_inv_nu"] = log_inv_nu(mix.res_logits.detach().double().cpu())
             if sinkhorn and sinkhorn.get("sk_mode") == "converged":
@@ -212,11 +241,12 @@ def diagnostics_rows(model, x: Tensor, step: int, spans: str = "paper") -> list[
     scope 'span': the composite over sub-layers start..end inclusive; stat is token_mean,
     token_max or mean_matrix (module doc). Identity (n = 1) gives gains of exactly 1.
     """
-    mixings = collect_mixing(model, x)
+    shares: list = []
+    mixings = collect_mixing(model, x, shares)
     n = model.variant.n_streams
     residual = model.residuals()[0]
     sinkhorn = residual.sinkhorn_options() if hasattr(residual, "sinkhorn_options") else None
-    rows = layer_rows(mixings, n, x, sinkhorn) + span_rows(mixings, n, x, spans)
+    rows = layer_rows(mixings, n, x, sinkhorn) + span_rows(mixings, n, x, spans) + collapse_rows(mixings, shares, n, x)
     return [{"step": int(step), **r} for r in rows]
 
 

@@ -176,6 +176,7 @@ class GPT(nn.Module):
         self.cfg, self.variant, self.vocab_size = cfg, variant, vocab_size
         self.wte = nn.Embedding(vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg, variant, i) for i in range(cfg.n_layer))
+        self.expander = variant.expander()  # None: the variant's plain `expand` (no parameters)
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         cos, sin = rope_tables(cfg.seq_len, cfg.d_model // cfg.n_head, cfg.rope_base)
@@ -202,8 +203,11 @@ class GPT(nn.Module):
         return [r for b in self.blocks for r in (b.attn_res, b.mlp_res)]
 
     def no_decay_parameters(self) -> set[int]:
-        """ids of parameters exempt from weight decay: vectors (norms, biases) and mixing parameters."""
+        """ids of parameters exempt from weight decay: vectors (norms, biases), mixing parameters and
+        the stream scales of variant.expand=lss (variants/expansion.py says why)."""
         ids = {id(p) for p in self.parameters() if p.ndim < 2}
+        if self.expander is not None:
+            ids |= {id(p) for p in self.expander.parameters()}
         for r in self.residuals():
             ids |= {id(p) for p in r.no_decay_parameters()}
         return ids
@@ -222,6 +226,8 @@ class GPT(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by role, for per-group gradient norms: embed, attn, mlp, norm, mixing, head."""
         mixing = {id(p) for r in self.residuals() for p in r.parameters()}
+        if self.expander is not None:
+            mixing |= {id(p) for p in self.expander.parameters()}
         groups: dict[str, list[nn.Parameter]] = {}
         seen: set[int] = set()
         for name, p in self.named_parameters():
@@ -252,7 +258,8 @@ class GPT(nn.Module):
             cos, sin, mask = self.rope_cos, self.rope_sin, None
         else:
             cos, sin, mask = self._cache_step(cache, idx, pad_mask)
-        x = self.variant.expand(self.wte(idx))
+        emb = self.wte(idx)
+        x = self.expander(emb) if self.expander is not None else self.variant.expand(emb)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, cache, i, mask)
         logits = self.lm_head(self.norm_f(self.variant.reduce(x)))

@@ -297,6 +297,36 @@ def ds_gap_vs_k(diagnostics: pd.DataFrame, runs: pd.DataFrame, out: Path, palett
     return _save(fig, out)
 
 
+def stream_collapse(diagnostics: pd.DataFrame, runs: pd.DataFrame, out: Path, palette: dict | None = None) -> Path | None:
+    """Stream dominance over training (arXiv 2606.03483's collapse): per configuration, the largest
+    stream's share of the sub-layers' input energy (mean over the sub-layers and tokens; 1/n =
+    balanced, 1 = one stream carries all) and ‖H_res - I‖_F (0 = no mixing), mean and 95% band
+    over seeds. Runs with one stream, and runs recorded before these diagnostics existed, are left out."""
+    if diagnostics.empty or "scope" not in diagnostics:
+        return None
+    d = diagnostics[(diagnostics.scope == "model") & (diagnostics.stat == "token_mean")
+                    & diagnostics.metric.isin(["stream_share", "res_identity_distance"])]
+    if "variant.n_streams" in runs:
+        d = d[d.run.isin(runs.run[runs["variant.name"] != "identity"])]
+    if d.empty:
+        return None
+    hue_order, pal = _colours(d["label"], palette)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric, ylabel in ((axes[0], "stream_share", "largest stream's share of the energy"),
+                               (axes[1], "res_identity_distance", "‖H_res − I‖_F (mean over sub-layers)")):
+        m = d[d.metric == metric]
+        if m.empty:
+            ax.set_visible(False)
+            continue
+        sns.lineplot(m, x="step", y="value", hue="label", hue_order=[h for h in hue_order if h in set(m["label"])],
+                     palette=pal, errorbar=_band(), ax=ax)
+        ax.set(xlabel="step", ylabel=ylabel)
+        ax.legend(fontsize="small")
+    axes[0].set_title("stream dominance (1/n: balanced; 1: one stream)")
+    axes[1].set_title("how far H_res is from the identity")
+    return _save(fig, out)
+
+
 def overhead_bars(bench: pd.DataFrame, out: Path) -> Path | None:
     """Measured training-step overhead vs identity, with the I/O model's prediction beside it."""
     d = bench[bench.metric.isin(["overhead", "overhead_predicted_io"]) & (bench.variant != "identity")]

@@ -420,6 +420,10 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
          "from 1 on a log axis (▽: a gain below 1)."),
         ("homogenisation.png", lambda p, c: plots.homogenisation(tables["diagnostics"], runs, p, palette=c),
          "Distance of the composite H_res from the uniform matrix vs depth (runs with one stream left out: a 1 × 1 matrix is always uniform)."),
+        ("stream_collapse.png", lambda p, c: plots.stream_collapse(tables["diagnostics"], runs, p, palette=c),
+         "Stream dominance over training: the largest stream's share of each sub-layer input's energy (1/n balanced, "
+         "1 = one stream carries everything: the stream-collapse paper's finding) and how far H_res is from the "
+         "identity, averaged over the sub-layers; mean and 95% band over seeds."),
         ("ds_gap_vs_k.png", lambda p, c: plots.ds_gap_vs_k(tables["diagnostics"], runs, p, palette=c),
          "Doubly-stochastic gap of H_res vs Sinkhorn rounds k; ablations (variant.fixed), converged Sinkhorn and mHC-lite as separate lines."),
         ("evals.png", lambda p, c: plots.eval_scores(tables["evals"], p, palette=c),

@@ -117,3 +117,49 @@ def test_tbp_has_no_dead_weights_and_refuses_an_unknown_chart():
     with pytest.raises(UserError) as e:
         VariantConfig("tbp-mhc", chart="diagonal").opts()
     assert "variant.chart='diagonal' is not one of recursive, sequential" in str(e.value)
+
+
+# ---------------------------------------------------------------------- learned stream scaling
+def test_lss_at_one_is_the_plain_copy_bit_for_bit_and_its_scales_learn_without_decay():
+    from tests.variant_contract import tiny_model
+
+    plain, lss = tiny_model("mhc-lite", {}, 4), tiny_model("mhc-lite", {"expand": "lss"}, 4)
+    assert plain.expander is None and lss.expander.scale.shape == (4, 32)
+    assert 0.6 - 0.43 < lss.expander.scale.min() and lss.expander.scale.max() < 0.6 + 0.43  # 0.6 + U(±√(6/36))
+    missing, unexpected = lss.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["expander.scale"] and not unexpected
+    idx = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lss.expander.scale.fill_(1.0)
+        assert torch.equal(lss(idx)[0], plain(idx)[0])
+        lss.expander.scale.normal_(0.6, 0.2)
+    _, loss = lss(idx, idx)
+    loss.backward()
+    assert lss.expander.scale.grad.abs().min() > 0
+    assert id(lss.expander.scale) in lss.no_decay_parameters()
+    assert any(p is lss.expander.scale for p in lss.parameter_groups()["mixing"])
+
+
+def test_lss_needs_several_streams_and_a_variant_that_copies_them():
+    with pytest.raises(UserError) as e:
+        build_variant(VariantConfig("mhc", 1, expand="lss"), 16, 4)
+    assert "variant.expand=lss scales n >= 2 copies" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="variant.expand is not an option of 'identity'; .*mhc.* have it"):
+        VariantConfig("identity", expand="lss")
+    with pytest.raises(UserError, match="variant.expand='scale' is not one of copy, lss"):
+        VariantConfig("mhc", expand="scale").opts()
+
+
+def test_stream_collapse_diagnostics_per_layer_and_over_the_model():
+    from harness.diagnostics import diagnostics_rows
+    from tests.variant_contract import tiny_model
+
+    model = tiny_model("mhc", {}, 4)
+    rows = diagnostics_rows(model, torch.randint(0, 64, (2, 8)), step=0)
+    share = {(r["scope"], r["start"]): r["value"] for r in rows if r["metric"] == "stream_share" and r["stat"] == "token_mean"}
+    dist = [r["value"] for r in rows if r["metric"] == "res_identity_distance" and r["scope"] == "layer"]
+    assert share[("layer", 0)] == pytest.approx(0.25)  # identical copies of the embedding: balanced
+    assert all(0.25 <= v <= 1 for v in share.values()) and ("model", 0) in share
+    assert len(dist) == 2 * 4 and all(0 <= d < 0.05 for d in dist)  # H_res starts near I
+    spectral = [r["value"] for r in rows if r["metric"] == "res_spectral_norm" and r["stat"] == "token_max"]
+    assert len(spectral) == 4 and all(v <= 1 + 1e-5 for v in spectral)

@@ -39,7 +39,8 @@ def test_report_and_publish(experiment, tmp_path, capsys):
                  "--out", str(experiment / "bench" / "model.parquet")]) == 0
     assert main(["report", str(experiment)]) == 0
     report = experiment / "report"
-    for name in ("report.md", "report.html", "loss.png", "grad_norm.png", "amax.png", "table1.md", "overhead.png"):
+    for name in ("report.md", "report.html", "loss.png", "grad_norm.png", "amax.png", "table1.md", "overhead.png",
+                 "stream_collapse.png"):
         assert (report / name).stat().st_size > 0, name
     assert (report / "amax.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "report.md").read_text()

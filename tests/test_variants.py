@@ -232,7 +232,7 @@ def test_weight_decay_on_projections_only(name, decayed):
         (dict(name="mhc", fixed="all"), "subset of pre, post, res"),
         (dict(name="mhc-lite", n_streams=9), "'mhc-lite' takes variant.n_streams from 1 to 8"),
         (dict(name="identity", n_streams=2), "'identity' takes variant.n_streams from 1 to 1"),
-        (dict(name="identity", fixed="res"), "variant.fixed is not an option of 'identity'; hc, mhc, mhc-lite, kromhc, orthostochastic have it"),
+        (dict(name="identity", fixed="res"), "variant.fixed is not an option of 'identity'; hc, mhc, mhc-lite, kromhc, orthostochastic, go-mhc, shc, tbp-mhc have it"),
         (dict(name="hc", sk_iters=5), "variant.sk_iters is not an option of 'hc'; mhc has it"),
         (dict(name="hc", backend="cuda"), "variant.backend='cuda' is not one of torch, triton, auto"),
         (dict(name="mhc", backend="triton", sk_mode="converged"), "triton.*'converged' has no kernel.*variant.backend=torch"),

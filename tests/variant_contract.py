@@ -154,6 +154,10 @@ def check_diagnostics(name: str, options: dict) -> None:
 def check_one_stream(name: str, options: dict) -> None:
     if get_variant_class(name).n_range[0] > 1:
         pytest.skip(f"{name} takes no single stream")
+    if options.get("expand") == "lss":  # scales n >= 2 copies: refused at n = 1, in one line
+        with pytest.raises(UserError, match="variant.expand=lss scales n >= 2 copies"):
+            tiny_model(name, options, n=1)
+        return
     model = tiny_model(name, options, n=1)
     x = torch.randint(0, VOCAB, (2, 16))
     _, loss = model(x, x)

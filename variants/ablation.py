@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.errors import UserError, did_you_mean
+from variants.expansion import EXPANDS
 from variants.options import BACKENDS, doc
 from variants.registry import VariantConfig
 
@@ -30,6 +31,9 @@ class MixingOptions:
     fixed: str = doc("ablation: comma-separated subset of pre,post,res held fixed (pre = 1/n, post = 1, res = I), "
                      "with no parameters", "")
     alpha_init: float = doc("initial value of the dynamic scales alpha", 0.01)
+    expand: str = doc("how the embedding becomes the n streams: copy (n identical copies, the papers') or lss (learned "
+                      "stream scaling, arXiv 2606.03483: copy s times a trained per-channel λ_s, init 0.6 + Xavier "
+                      "noise; variants/expansion.py)", "copy", choices=EXPANDS)
     precision: str = doc("backend=triton: the projection RMSNorm(x)phi on tensor cores in tf32 (the paper's choice, "
                          "~2e-4 relative error, kernels/precision.py), tf32x3 (~fp32 accuracy) or ieee (fp32 FMA, no "
                          "tensor cores); the torch backend is exact fp32 whatever this says", "tf32", choices=PRECISIONS)
@@ -62,4 +66,7 @@ def check_common(cfg: VariantConfig, n_streams: int) -> frozenset[str]:
         raise UserError(f"variant.mode={cfg.mode!r} is not one of {', '.join(MODES)}{did_you_mean(cfg.mode, MODES)}")
     if n_streams < 1:
         raise UserError(f"variant {cfg.name!r} needs variant.n_streams >= 1 (0 = its default), got {n_streams}")
+    if cfg.expand == "lss" and n_streams < 2:
+        raise UserError(f"variant.expand=lss scales n >= 2 copies of the embedding, but variant {cfg.name!r} has "
+                        f"n = {n_streams}: use variant.expand=copy, or variant.n_streams >= 2")
     return parse_fixed(cfg.fixed)

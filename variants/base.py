@@ -60,6 +60,15 @@ class Mixing:
         return pre, post, res
 
 
+def largest_stream_share(x: Tensor) -> Tensor:
+    """(B, T, n, C) streams -> (B, T): the largest stream's share of their energy Σ_c x², in fp32.
+
+    1/n when the streams carry equal energy, 1 when one carries everything: the stream-collapse
+    paper's (arXiv 2606.03483) finding is that widened models drift to one dominant stream."""
+    energy = x.detach().float().square().sum(dim=-1)
+    return energy.amax(dim=-1) / energy.sum(dim=-1).clamp_min(torch.finfo(torch.float32).tiny)
+
+
 class Residual(nn.Module):
     """The residual connection around ONE sub-layer. Subclasses implement prepare/merge.
 
@@ -75,6 +84,7 @@ class Residual(nn.Module):
         self.opts = cfg.opts()  # the variant's options dataclass, resolved once (never looked up in forward)
         self.recording = False
         self.last: Mixing | None = None
+        self.last_share: Tensor | None = None  # (B, T) largest stream's share of the input's energy, while recording
         self.recompute = None  # a variants.recompute.StreamRecompute shared by the model's residuals, or None
 
     def prepare(self, x: Tensor) -> tuple[Tensor, Mixing]:
@@ -90,7 +100,7 @@ class Residual(nn.Module):
             return self.recompute(self, x, sublayer)
         h, mix = self.prepare(x)
         if self.recording:
-            self.last = mix.detach()
+            self.last, self.last_share = mix.detach(), largest_stream_share(x)
         return self.merge(x, sublayer(h), mix)
 
     def no_decay_parameters(self) -> list[nn.Parameter]:
@@ -140,6 +150,15 @@ class ResidualVariant:
     def make(self, index: int) -> Residual:
         """The residual connection of sub-layer `index` (0-based; attention = 2i, MLP = 2i + 1)."""
         return self.residual_cls(self.cfg, self.d_model, self.n_streams, index, self.n_sublayers)
+
+    def expander(self) -> nn.Module | None:
+        """The module the model expands the embedding with, if it has parameters: learned stream
+        scaling with variant.expand=lss (variants/expansion.py); None = `expand`, the plain copy."""
+        if getattr(self.opts, "expand", "copy") == "lss":
+            from variants.expansion import StreamScale
+
+            return StreamScale(self.n_streams, self.d_model)
+        return None
 
     def expand(self, emb: Tensor) -> Tensor:
         """Embedding (B, T, C) -> n identical streams (B, T, n, C)."""

@@ -141,7 +141,7 @@ class MHC(ResidualVariant):
     n_range = (1, 64)
     backends = ("torch", "triton")
     contract_options = ({}, {"sk_mode": "kernel", "sk_iters": 3}, {"sk_mode": "converged", "sk_max_iters": 50}, {"mode": "static"}, {"fixed": "res"},
-                        {"fixed": "pre,post"})
+                        {"fixed": "pre,post"}, {"expand": "lss"})
 
     def check(self) -> None:
         c = self.opts

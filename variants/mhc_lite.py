@@ -63,7 +63,7 @@ class MHCLite(ResidualVariant):
     paper = "mHC-lite (arXiv 2601.05732)"
     n_range = (1, MAX_STREAMS)  # n! columns of phi: 8! = 40,320 is the practical limit
     backends = ("torch", "triton")
-    contract_options = ({}, {"fixed": "post"}, {"mode": "static"})
+    contract_options = ({}, {"fixed": "post"}, {"mode": "static"}, {"expand": "lss"})
 
     def check(self) -> None:
         check_common(self.cfg, self.n_streams)
