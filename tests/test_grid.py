@@ -18,6 +18,7 @@ from grid_helpers import cli, metrics, registered, train_reference, write
 
 from harness.errors import UserError
 from slurm.grid import load_grid
+from variants.registry import variant_names
 
 ROOT = Path(__file__).resolve().parents[1]
 GRIDS = ROOT / "slurm" / "grids"
@@ -75,13 +76,14 @@ def test_paper_grids_have_three_seeds_and_the_papers_settings():
     assert {r.cfg.variant.name for r in main.runs} == {"identity", "hc", "mhc", "mhc-lite", "kromhc", "frac", "orthostochastic"}
     depth = load_grid(GRIDS / "depth.toml")
     assert {r.cfg.model.n_layer for r in depth.runs} == {2, 4, 8, 16, 32}
-    assert {r.cfg.variant.name for r in depth.runs} == {r.cfg.variant.name for r in main.runs}
+    assert {r.cfg.variant.name for r in depth.runs} == set(variant_names())  # every registered variant
     stress = load_grid(GRIDS / "lr_stress.toml")
     assert {r.cfg.model.n_layer for r in stress.runs} == {16} and len({r.cfg.optim.lr for r in stress.runs}) >= 5
-    assert {(r.cfg.variant.name, getattr(r.cfg.variant.opts(), "sk_iters", None)) for r in stress.runs} == {
-        ("identity", None), ("hc", None), ("mhc", 20), ("mhc", 1), ("mhc-lite", None), ("kromhc", None), ("frac", None),
-        ("orthostochastic", None)}  # every variant, so each has its own best lr for the tuned headline grid
-    assert len(stress.runs) == 8 * len({r.cfg.optim.lr for r in stress.runs}) * 3
+    arms = {(r.cfg.variant.name, getattr(r.cfg.variant.opts(), "sk_iters", None), getattr(r.cfg.variant.opts(), "expand", None))
+            for r in stress.runs}
+    assert {a[0] for a in arms} == set(variant_names())  # every variant, so each has its own best lr (headline_tuned)
+    assert {("mhc", 20, "copy"), ("mhc", 1, "copy"), ("mhc", 20, "lss"), ("mhc-lite", None, "lss")} <= arms
+    assert len(stress.runs) == len(arms) * len({r.cfg.optim.lr for r in stress.runs}) * 3
     # its rerun of the mHC arms and the seeds study change nothing but what they say they change
     stress_ids = {r.id for r in stress.runs}
     rerun = load_grid(GRIDS / "lr_stress_mhc.toml")
@@ -612,8 +614,8 @@ def test_deep_grids_share_the_headline_setting_with_eight_seeds():
     16 blocks of tiny, peak lr 1e-2, 8 seeds per configuration (the converged Sinkhorn arm 3), and
     differ from the headline only in what they say they change."""
     headline = load_grid(GRIDS / "headline.toml")
-    main = load_grid(GRIDS / "main.toml")
-    assert {r.cfg.variant.name for r in headline.runs} == {r.cfg.variant.name for r in main.runs}
+    assert {r.cfg.variant.name for r in headline.runs} == set(variant_names())
+    assert {r.cfg.variant.name for r in headline.runs if r.cfg.variant.opts().__dict__.get("expand") == "lss"} == {"mhc", "mhc-lite"}
     head_ids = {r.id for r in headline.runs}
     for name in ("headline", "table1_deep", "k_sweep_deep", "headline_long"):
         g = load_grid(GRIDS / f"{name}.toml")
