@@ -48,6 +48,7 @@ import torch
 
 from harness.config import Config, apply_overrides
 from harness.errors import UserError, did_you_mean
+from harness.flops import flops_per_token
 from variants.peers import (
     DEFAULT_N_STREAMS,
     PACKAGE,
@@ -124,12 +125,6 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 # ---------------------------------------------------------------------- analytic model
-def flops_per_token(cfg: Config, n_params_body: int) -> float:
-    """Training flops per token (forward + backward), nanoGPT/PaLM style: 6 N + 12 L T C."""
-    m = cfg.model
-    return 6 * n_params_body + 12 * m.n_layer * m.seq_len * m.d_model
-
-
 def predicted_overhead(cfg: Config, n: int, identity_step_s: float, ceilings: dict, elem_bytes: int) -> float:
     """The I/O model's overhead of an n-stream connection over the plain residual (module doc)."""
     if n <= 1 and cfg.variant.name == "identity":

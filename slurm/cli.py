@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from harness.errors import UserError
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
@@ -57,6 +60,15 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
                    help="extra #SBATCH option, e.g. --sbatch reservation=abc (repeatable)")
     g.add_argument("--setup", action="append", default=[], metavar="CMD",
                    help="shell line run before the job on the node, e.g. 'module load cuda' (repeatable)")
+    e = p.add_argument_group("the estimate of tokens, FLOPs, time and device-hours (slurm/estimate.py)")
+    e.add_argument("--gpu", help="GPU kind for an assumed rate when nothing was measured: A100, H100, H200, B200")
+    e.add_argument("--mfu", type=float, default=None,
+                   help="fraction of the peak rate assumed when nothing was measured (default 0.2 on GPUs, 0.1 on a CPU)")
+    e.add_argument("--bench", default="", metavar="PATH",
+                   help="a bench model table (or folder of them) to take the rate from (default: the newest under "
+                        "<runs-dir>/bench/ and the experiment's bench/ timed on this kind of device)")
+    e.add_argument("--calibrate-from", default="", metavar="EXPERIMENT",
+                   help="take the rate from an experiment's finished runs (the tokens/s they trained at)")
 
 
 def _load(args):
@@ -102,6 +114,58 @@ def _fmt_loss(x) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
+def _estimate(args, grid, res, runs):
+    """(per-run estimates, the rates' description) for `runs`, refusing a run predicted past the
+    requeue cap (one line), or (None, why) where there is no rate to estimate with."""
+    from slurm import estimate as est
+    from slurm.dispatch import SIGNAL_LEAD_S, requeue_limit
+    from slurm.grid import find_experiment
+
+    gpus = (res.gpus_per_node or 0) * res.nodes or (res.gpus_per_task or 0) * res.world
+    device = "gpu" if gpus or args.cluster == "slurm" and args.gpu else "cpu"
+    mfu = args.mfu if args.mfu is not None else (est.DEFAULT_MFU if device == "gpu" else 0.1)
+    est.check_options(args.gpu, mfu)
+    calibrated = est.calibration(find_experiment(args.calibrate_from, args.runs_dir).path) if args.calibrate_from else None
+    paths = [Path(args.bench)] if args.bench else [grid.exp_dir.parent / "bench", grid.exp_dir / "bench"]
+    bench, bench_path = est.newest_bench(paths, device, args.gpu)
+    if args.bench and bench is None:
+        raise UserError(f"--bench {args.bench}: no bench model table timed on {'a CPU' if device == 'cpu' else args.gpu} there")
+    if device == "gpu" and args.gpu is None and bench is None and calibrated is None:
+        return None, "no estimate: name the GPU with --gpu (A100, H100, H200, B200), or give --bench / --calibrate-from"
+    rates = est.Rates(device, args.gpu, mfu, bench, bench_path, calibrated, args.calibrate_from)
+    ests = est.estimate(runs, rates, max(1, gpus) if device == "gpu" else 1)
+    lead = SIGNAL_LEAD_S.get(args.cluster, 0)
+    cap = requeue_limit(args.cluster, res)
+    worst = max(ests, key=lambda e: e.seconds, default=None)
+    if worst and res.time and est.requeues(worst.seconds, res.time, lead) > cap:
+        raise UserError(f"run {worst.name} is predicted to train for {est.duration(worst.seconds)} ({rates.describe().split(' (')[0]}), "
+                        f"more than its {res.time} min limit allows with {cap} requeues: ask for --time "
+                        f"{est.time_for(worst.seconds, lead)} (or raise --max-requeues)")
+    return ests, rates.describe()
+
+
+def _print_estimate(args, res, ests, described: str) -> None:
+    from harness.flops import FORMULA
+    from slurm import estimate as est
+    from slurm.dispatch import SIGNAL_LEAD_S
+
+    if ests is None:
+        print(described)
+        return
+    rows, totals = est.summary(ests, res.array_parallelism if args.cluster == "local" else None)
+    print(f"\nestimate: FLOPs = {FORMULA}; rate {described}")
+    print(_table(rows, ["configuration", "runs", "tokens/run", "FLOPs/run", "time/run", "device-h", "rate"]))
+    for line in totals:
+        print(line)
+    lead = SIGNAL_LEAD_S.get(args.cluster, 0)
+    late = [e for e in ests if est.requeues(e.seconds, res.time, lead)]
+    if late:
+        worst = max(late, key=lambda e: e.seconds)
+        print(f"requeues: {len(late)} run(s) predicted past the {res.time} min limit (the longest, {worst.name}, "
+              f"~{est.duration(worst.seconds)}: {est.requeues(worst.seconds, res.time, lead)} requeue(s)); "
+              f"--time {est.time_for(worst.seconds, lead)} avoids them")
+
+
 # ---------------------------------------------------------------------- commands
 def cmd_plan(args) -> int:
     from harness.rundir import RunDir
@@ -134,6 +198,7 @@ def cmd_plan(args) -> int:
               f"at most {requeue_limit(args.cluster, res)} times per job on time-outs; after that its run is failed (resumable)")
     if res.partition or res.account or res.qos:
         print("slurm: " + ", ".join(f"{k}={getattr(res, k)}" for k in ("partition", "account", "qos") if getattr(res, k)))
+    _print_estimate(args, res, *_estimate(args, grid, res, grid.runs))
     print("nothing submitted (plan only)")
     return 0
 
@@ -160,7 +225,12 @@ def cmd_submit(args) -> int:
             check(run.cfg)
     exp = Experiment(grid.exp_dir)
     todo, skipped = plan_submission(exp, chosen, force=args.force)
+    ests, described = _estimate(args, grid, res, todo)  # a run past the requeue cap is refused here, before anything
     exp.register(grid)
+    if ests:
+        from slurm.estimate import save
+
+        save(exp.path, ests, described)
     print(f"experiment:  {exp.path}")
     if others:
         print(f"  not selected by --only: {len(others)} run(s)")
@@ -211,14 +281,20 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "config"} for r in rows], indent=2, default=str))
         return 0
+    from slurm import estimate as est
+
+    predicted = est.load(exp.path)
     table = []
     for r in rows:
         job = f"{r['job_id']} {r['job_state']}".strip() if r["job_id"] else ""
         err = (r["error"] or "")
+        pred = predicted.get(r["run_id"], {}).get("seconds")
+        actual = est.actual_seconds(exp.path / r["folder"]) if r["folder"] and (exp.path / r["folder"]).is_dir() else None
+        times = f"{est.duration(actual) if actual else '-'} / {est.duration(pred) if pred else '-'}"
         table.append([r["name"], r["state"], f"{r['step']}/{r['steps']}", _fmt_loss(r["train_loss"]), _fmt_loss(r["val_loss"]),
-                      job, err if len(err) <= 80 else err[:77] + "..."])
+                      times, job, err if len(err) <= 80 else err[:77] + "..."])
     print(f"experiment: {exp.path}")
-    print(_table(table, ["run", "state", "steps", "train", "val", "job", "error"]))
+    print(_table(table, ["run", "state", "steps", "train", "val", "time (actual / predicted)", "job", "error"]))
     counts = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

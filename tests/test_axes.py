@@ -84,7 +84,7 @@ def test_a_miniature_of_the_shipped_depth_grid_runs_collects_and_reports_amax_vs
     from grid_helpers import cli
 
     text = (Path(__file__).resolve().parents[1] / "slurm" / "grids" / "depth.toml").read_text()
-    cuts = {r"^variant = .*$": 'variant = ["identity", "hc"]', r'^"model.n_layer" = .*$': '"model.n_layer" = [1, 2]',
+    cuts = {r"^variant = \[\n(?:.*\n)*?\]$": 'variant = ["identity", "hc"]', r'^"model.n_layer" = .*$': '"model.n_layer" = [1, 2]',
             r"^seed = .*$": "seed = [0, 1]", r"^train.steps = .*$": "train.steps = 6", r"^train.eval_every = .*$": "train.eval_every = 6",
             r"^train.diag_every = .*$": "train.diag_every = 3", r"^train.checkpoint_every = .*$": "train.checkpoint_every = 6"}
     for pattern, line in cuts.items():
