@@ -48,7 +48,7 @@ import torch
 
 from harness.config import Config, apply_overrides
 from harness.errors import UserError, did_you_mean
-from harness.flops import flops_per_token
+from harness.flops import flops_per_token, tokenizer_vocab
 from variants.peers import (
     DEFAULT_N_STREAMS,
     PACKAGE,
@@ -282,9 +282,14 @@ def skip_reason(case: Case, e: Exception) -> str | None:
 
 
 def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_round: int, warmup: int,
-              vocab: int = 8192, log=print, profile_top: int = 0, profile_out=None) -> "pd.DataFrame":
+              vocab: int | None = None, log=print, profile_top: int = 0, profile_out=None) -> "pd.DataFrame":
     """Time every case in interleaved rounds; return the long-format table. profile_top > 0: then
-    profile one more step of each case and write its top operators to `profile_out` (profile_step)."""
+    profile one more step of each case and write its top operators to `profile_out` (profile_step).
+
+    `vocab`: the tokenizer vocabulary of the models; None (the default) = each preset's own
+    (harness/flops.py tokenizer_vocab: 257 bytes for tiny, data.vocab_size for a BPE), so a case
+    has the output layer its preset trains with. (Until 2026-12-07 every case had 8192 entries:
+    tiny's steps then timed an output layer 25x its real one.)"""
     import pandas as pd
 
     from harness.rundir import environment
@@ -310,7 +315,7 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            steppers[i] = Stepper(case, device, vocab)
+            steppers[i] = Stepper(case, device, vocab or tokenizer_vocab(case.cfg))
             for _ in range(warmup):  # includes torch.compile's first compilation
                 steppers[i].step()
             _sync(device)
@@ -359,6 +364,7 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
         base = dict(case=i, preset=case.preset, variant=case.variant, backend=case.backend, d_model=case.d_model,
                     n_streams=s.n_streams if s else declared_streams(case), n_layer=case.cfg.model.n_layer,
                     seq_len=case.cfg.model.seq_len, batch_size=case.cfg.train.batch_size,
+                    vocab=s.model.vocab_size if s else -1,
                     n_params=s.n_params if s else -1, dtype=str(dtype).split(".")[-1],
                     device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
                     threads=torch.get_num_threads(), cpu_kernels=env["cpu_kernels"], peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
@@ -407,11 +413,12 @@ def activation_rows(cases, steppers, skipped, device, vocab, rows, log) -> list[
                 m = {"off": bytes_per_token(steppers[i].model, autocast=steppers[i].autocast), "on": None, "recompute_block": None}
             elif interpreted:
                 log(f"activation memory of {case.variant}/triton under Triton's interpreter (subprocess)")
-                m = measure_in_subprocess(case.cfg, vocab, env={"TRITON_INTERPRET": "1"})
+                m = measure_in_subprocess(case.cfg, vocab or tokenizer_vocab(case.cfg), env={"TRITON_INTERPRET": "1"})
                 base = dict(base, note="activation memory under Triton's interpreter (subprocess)"
                             + (f"; step time not measured: {skipped[i]}" if i in skipped else ""))
             else:
-                m = measure(case.cfg, vocab, device, autocast=autocast_context(device, case.cfg.train.dtype))
+                m = measure(case.cfg, vocab or tokenizer_vocab(case.cfg), device,
+                            autocast=autocast_context(device, case.cfg.train.dtype))
         except Exception as e:
             reason = skip_reason(case, e) or (f"failed: {type(e).__name__}: {str(e)[:300]}" if interpreted else None)
             if reason is None:

@@ -406,6 +406,8 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
                              f"{header[4].removeprefix('Δ vs ')} (Welch's t-test, Holm-adjusted over the report).")
     doc.table(header, body, notes)
 
+    _predicted_vs_actual(doc, experiment, rows)
+
     axis_figures, focus_runs = _axis_sections(doc, all_runs, out)
     if focus_runs is not None:  # per-step figures of one setting of the axis, not a line per depth
         tables = {k: v[v["run"].isin(focus_runs)] if "run" in v else v for k, v in tables.items()}
@@ -466,6 +468,41 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     write_text(out / "report.html", doc.page())
     write_text(out / "report.md", doc.markdown())
     return out / "report.md"
+
+
+def _predicted_vs_actual(doc, experiment: Path, rows) -> None:
+    """The grid's estimate at submission (slurm/estimate.py, estimate.json) against what the runs
+    took: per configuration, the training time per run and the device-hours, predicted and actual."""
+    import json as _json
+
+    from slurm.estimate import actual_seconds, duration
+    from slurm.estimate import load as load_estimate
+
+    predicted = load_estimate(experiment)
+    if not predicted:
+        return
+    body = []
+    for row in rows:
+        pairs = []
+        for run in row.runs:
+            rid = run.path.name.rsplit("-", 1)[-1]
+            if rid in predicted and (actual := actual_seconds(run.path)):
+                pairs.append((predicted[rid], actual))
+        if not pairs:
+            continue
+        pred = sum(p["seconds"] for p, _ in pairs) / len(pairs)
+        act = sum(a for _, a in pairs) / len(pairs)
+        body.append([row.label, str(len(pairs)), duration(pred), duration(act), f"{act / pred:.2f}",
+                     f"{sum(p['seconds'] * p['devices'] for p, _ in pairs) / 3600:.3f}",
+                     f"{sum(a * p['devices'] for p, a in pairs) / 3600:.3f}", ", ".join(sorted({p["source"] for p, _ in pairs}))])
+    if body:
+        source = _json.loads((experiment / "estimate.json").read_text()).get("source", "")
+        doc.h2("What did it cost against the estimate?")
+        doc.table(["configuration", "runs", "predicted time/run", "actual time/run", "actual / predicted", "predicted device-h",
+                   "actual device-h", "rate"], body,
+                  [f"Predicted by `grid submit` (slurm/estimate.py), rate {source}; actual: the sum of each run's logged step "
+                   "times (training steps only, as predicted). `grid plan --calibrate-from` this experiment predicts the next "
+                   "grid from these actual rates."])
 
 
 def _cost_tables(header, body, doc) -> list[tuple[list[str], list[list[str]]]]:

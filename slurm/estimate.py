@@ -34,7 +34,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from harness.errors import UserError, did_you_mean
-from harness.flops import FORMULA, flops_per_token, model_params, tokens_per_step
+from harness.flops import (
+    FORMULA,
+    flops_per_token,
+    model_params,
+    tokenizer_vocab,
+    tokens_per_step,
+)
 
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "B200": 2250e12}  # dense, FLOP/s per GPU
 DEFAULT_MFU = 0.2  # small models keep a big GPU far from its peak (results/data-loader: ~18% assumed at gpt-s)
@@ -126,6 +132,10 @@ class Rates:
         m = cfg.model
         exact = rows[(rows.preset == cfg.preset) & (rows.n_layer == m.n_layer) & (rows.d_model == m.d_model)
                      & (rows.seq_len == m.seq_len) & (rows.batch_size == cfg.train.batch_size)]
+        if "vocab" in exact:  # tables since 2026-12-07 say their output layer's size; older ones had 8192 entries
+            from harness.model import padded_vocab
+
+            exact = exact[exact.vocab == padded_vocab(cfg, tokenizer_vocab(cfg))]
         tps = exact[exact.metric == "tokens_per_s"]["value"]
         if len(tps):
             return float(tps.median()) * fpt
