@@ -322,7 +322,19 @@ def cmd_sweep(args) -> int:
         export_best(args.file, storage=args.storage, load_kwargs=_load_kwargs(args), output=args.output)
         return 0
     grid = _load(args)
-    sweep(args.file, cluster=args.cluster, res=_resources(args, grid, runs=[]), trials=args.trials, parallel=args.trial_parallel,
+    res = _resources(args, grid, runs=[])
+    trials = args.trials or grid.tune.get("trials")
+    ests, described = _estimate(args, grid, res, grid.runs)  # one trial of each arm at the grid's own values
+    if ests and trials:
+        from slurm.estimate import duration
+
+        per_trial = sum(e.seconds for e in ests)
+        print(f"estimate: a trial of every arm (its runs at the grid's base values) trains for {duration(per_trial)} "
+              f"({sum(e.device_hours for e in ests):.2f} device-hours); {trials} trials per arm: about "
+              f"{sum(e.device_hours for e in ests) * trials:.2f} device-hours; rate {described}")
+    elif ests is None:
+        print(described)
+    sweep(args.file, cluster=args.cluster, res=res, trials=args.trials, parallel=args.trial_parallel,
           storage=args.storage, load_kwargs=_load_kwargs(args), output=args.output)
     return 0
 

@@ -62,6 +62,7 @@ def test_a_sweep_tunes_each_variant_and_exports_its_best_as_a_grid(sweep_grid, t
     path, args = sweep_grid()
     code, out, err = sweep_cli("sweep", path, *args, "--cluster", "debug")
     assert code == 0, out + err
+    assert "estimate: a trial of every arm" in out and "3 trials per arm: about" in out  # the bill, before it starts
     exp = tmp_path / "runs" / "sw"
     best = json.loads((exp / "best.json").read_text())
     assert set(best["variants"]) == {"identity", "mhc-n_streams=2"}
