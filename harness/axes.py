@@ -19,8 +19,21 @@ AXES = {"model.n_layer": "blocks (model.n_layer)", "optim.lr": "peak learning ra
 
 
 def swept_axes(runs) -> list[str]:
-    """The AXES that take at least two values among the runs (Run objects of harness/eval/table)."""
-    return [a for a in AXES if len({axis_value(r.config, a) for r in runs}) > 1]
+    """The AXES some configuration is trained at two or more values of (Run objects of
+    harness/eval/table). An axis whose value only follows the configuration, each variant at its
+    own tuned learning rate say (slurm/grids/headline_tuned.toml), is part of what is compared, not
+    a sweep: those runs all meet the one baseline."""
+    swept = []
+    for a in AXES:
+        if len({axis_value(r.config, a) for r in runs}) < 2:
+            continue
+        series, _ = _series(runs, a)
+        values: dict[str, set] = {}
+        for r in runs:
+            values.setdefault(series[r.path], set()).add(axis_value(r.config, a))
+        if any(len(v) > 1 for v in values.values()):
+            swept.append(a)
+    return swept
 
 
 def axis_value(cfg: dict, key: str):

@@ -412,3 +412,19 @@ def test_table4_leaves_out_the_gap_to_a_27b_model_at_a_tiny_scale(reported, caps
     # `mhc-bench table` keeps the paper's layout and says plainly what the gap is worth here
     assert main(["table", str(reported.parent), "--layout", "table4", "--format", "md"]) == 0
     assert "orders of magnitude fewer than the paper's 27B" in capsys.readouterr().out
+
+
+def test_each_variant_at_its_own_lr_meets_the_one_baseline_but_an_lr_sweep_compares_at_equal_lr():
+    from harness.axes import swept_axes
+    from harness.eval.table import group_rows
+    from harness.report import loss_stats
+
+    tuned = fake_runs({"identity": [2.34, 2.35, 2.33]}, "optim.lr=0.001") + fake_runs({"mhc": [2.29, 2.30, 2.28]}, "optim.lr=0.003")
+    assert swept_axes(tuned) == []
+    stats = {s.label.split(" (")[0]: s for s in loss_stats(group_rows(tuned))}
+    assert stats["mHC"].comparison is not None and stats["mHC"].delta == pytest.approx(-0.05)
+    sweep = tuned + fake_runs({"identity": [2.40, 2.41]}, "optim.lr=0.003")
+    assert swept_axes(sweep) == ["optim.lr"]
+    by_label = {s.label: s for s in loss_stats(group_rows(sweep))}
+    mhc = next(s for label, s in by_label.items() if label.startswith("mHC"))
+    assert mhc.delta == pytest.approx(2.29 - 2.405)  # against the identity at its own lr, 3e-3
