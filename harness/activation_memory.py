@@ -99,7 +99,7 @@ def measure_in_subprocess(cfg, vocab: int, seq_len: int = SEQ_LEN, env: dict | N
     import os
     import subprocess
 
-    from harness.rundir import PROJECT_ROOT
+    from harness import PROJECT_ROOT
 
     request = json.dumps({"config": cfg.to_dict(), "vocab": vocab, "seq_len": seq_len})
     proc = subprocess.run([sys.executable, "-m", "harness.activation_memory"], input=request, capture_output=True,

@@ -42,12 +42,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from kernels.errors import UserError
+from variants.hc import NORM_EPS
 
 OPS = ("premix", "post_res", "sinkhorn", "coefficients", "connection")
 PROVIDERS = ("torch", "compile", "triton", "liger", "hyper-connections")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-NORM_EPS = 1e-6
 
 # Target shape of the issue (H200, bf16): 16k tokens x C = 4096 x n = 4; then n and C sweeps and
 # a decode-sized token count.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from harness.errors import UserError, did_you_mean
 from harness.run_id import LATER_VARIANT_DEFAULTS, LEGACY_VARIANT_DEFAULTS, run_id
-from variants.options import COMMON, coerce, doc, flatten  # noqa: F401 (flatten: re-exported for the harness)
+from variants.options import COMMON, check_choices, coerce, doc, flatten  # noqa: F401 (flatten: re-exported for the harness)
 from variants.registry import VariantConfig
 
 
@@ -291,17 +291,14 @@ def apply_overrides(cfg: Config, overrides) -> Config:
 
 
 def _check_choices(obj, prefix: str) -> None:
+    """Every field with choices holds one of them, through the sections and the variant's options."""
+    check_choices(obj, prefix)
     for f in dataclasses.fields(obj):
         val = getattr(obj, f.name)
         if isinstance(obj, VariantConfig) and f.name == "options":
             obj.opts()  # each option's type and choices
         elif dataclasses.is_dataclass(val):
             _check_choices(val, f"{prefix}{f.name}.")
-        elif "choices" in f.metadata and val not in f.metadata["choices"]:
-            raise UserError(
-                f"{prefix}{f.name}={val!r} is not one of {', '.join(map(str, f.metadata['choices']))}"
-                + did_you_mean(str(val), f.metadata["choices"])
-            )
 
 
 def from_dict(d: dict, cls=Config):

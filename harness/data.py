@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
+from harness import PROJECT_ROOT
 from harness.atomic import make_dirs, remove_empty_dirs
 from harness.errors import UserError
 from harness.tokenizer import (
@@ -44,7 +45,6 @@ from harness.tokenizer import (
     load_tokenizer,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 FORMAT = 1  # bump when the shard layout or reading rules change: old caches are then ignored
 VAL_SEED = 0x7A11DA7E  # validation offsets: fixed, so every run is scored on the same tokens
 _DOC = re.compile(r"<doc\b[^>]*>(.*?)</doc>", re.S)

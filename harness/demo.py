@@ -21,9 +21,9 @@ import contextlib
 import time
 from pathlib import Path
 
+from harness import PROJECT_ROOT
 from harness.errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_GRID = PROJECT_ROOT / "slurm" / "grids" / "demo.toml"
 DEMO_TASKS = "paper,ppl"
 LOG_TAIL = 15  # lines of the log shown when a stage fails

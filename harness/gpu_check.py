@@ -40,7 +40,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import PROJECT_ROOT
+
+ROOT = PROJECT_ROOT
 WHEELS, DATA = ROOT / ".gpu-wheels", ROOT / ".gpu-data"
 
 # the kernel Sinkhorn is tested in test_kernels.py; test_sinkhorn.py is reference maths (and needs hypothesis)

@@ -18,7 +18,8 @@ import os
 import re
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from harness import PROJECT_ROOT
+
 ABSOLUTE = re.compile(r"(?<![\w+/=.~:-])/[\w.+@=,-]+(?:/[\w.+@=,-]+)+/?")
 TEXT_SUFFIXES = (".md", ".html", ".csv", ".tex", ".txt", ".json", ".log")
 

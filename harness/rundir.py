@@ -25,11 +25,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import PROJECT_ROOT
 from harness.atomic import make_dirs, remove_empty_dirs, write_json, write_parquet
 from harness.checkpoint import CHECKPOINT_NAME
 from harness.errors import UserError, filesystem_fault, filesystem_fix
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STATUSES = ("running", "done", "diverged", "failed", "stopped")
 
 

@@ -40,8 +40,9 @@ from pathlib import Path
 
 import submitit
 
+from harness import PROJECT_ROOT
 from harness.errors import UserError
-from harness.rundir import PROJECT_ROOT, RunDir, RunLockedError
+from harness.rundir import RunDir, RunLockedError
 from slurm.experiment import ACTIVE_JOB_STATES, Experiment, is_locked, scheduler_states
 from slurm.grid import Run
 

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.coefficients import MAPPINGS
 from kernels.errors import UserError, did_you_mean
+from kernels.project import PRECISIONS
 from variants.expansion import EXPANDS
 from variants.options import BACKENDS, doc
 from variants.registry import VariantConfig
 
-MAPPINGS = ("pre", "post", "res")
 MODES = ("dynamic", "static")
-PRECISIONS = ("tf32", "tf32x3", "ieee")  # kernels/project.py
 
 
 @dataclass

@@ -39,7 +39,7 @@ from variants.hc import NORM_EPS, no_autocast
 from variants.options import doc
 from variants.registry import VariantConfig
 
-MAPPINGS = ("pre", "res", "post")
+HEAD_ORDER = ("pre", "res", "post")  # the order of Frac's heads and parameters
 
 
 @dataclass
@@ -53,7 +53,7 @@ class FracResidual(Residual):
         super().__init__(cfg, d_model, n_streams, index, n_sublayers)
         m, d = self.n, d_model // self.n
         self.dynamic = self.opts.mode == "dynamic"
-        for name in MAPPINGS:
+        for name in HEAD_ORDER:
             self.register_parameter(f"static_{name}", nn.Parameter(torch.eye(m)))
             if self.dynamic:
                 self.register_parameter(f"alpha_{name}", nn.Parameter(torch.full((1,), float(self.opts.alpha_init))))
@@ -65,7 +65,7 @@ class FracResidual(Residual):
         B, T, m, _ = x.shape
         out = {}
         xn = F.rms_norm(x.to(dt), (x.shape[-1],), eps=NORM_EPS) if self.dynamic else None
-        for name in MAPPINGS:
+        for name in HEAD_ORDER:
             s = getattr(self, f"static_{name}").to(dt)
             if not self.dynamic:
                 out[name] = s.expand(B, T, m, m)

@@ -23,10 +23,11 @@ import functools
 import typing
 from dataclasses import dataclass, field
 
+from kernels.backend import BACKENDS as KERNEL_BACKENDS
 from kernels.errors import UserError, did_you_mean
 
 COMMON = ("name", "n_streams", "backend")
-BACKENDS = ("torch", "triton", "auto")  # kernels/backend.py: auto = triton on CUDA, torch otherwise
+BACKENDS = KERNEL_BACKENDS  # kernels/backend.py: auto = triton on CUDA, torch otherwise
 
 
 def doc(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING, choices=None):

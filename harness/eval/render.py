@@ -39,7 +39,7 @@ def default_data_dir() -> Path:
     """../shared/data/eval beside the project, or $MHC_BENCH_DATA/eval."""
     import os
 
-    from harness.data import PROJECT_ROOT
+    from harness import PROJECT_ROOT
 
     root = os.environ.get("MHC_BENCH_DATA") or PROJECT_ROOT.parent / "shared" / "data"
     return (Path(root).expanduser() / "eval").resolve()

@@ -33,7 +33,7 @@ from harness.run_id import EXECUTION_ONLY
 from harness.rundir import RunDir, experiment_dir
 from variants.registry import variant_label
 
-MAPPINGS = ("res", "pre", "post")  # the paper's order in Table 1
+TABLE1_ORDER = ("res", "pre", "post")  # the paper's order of the mappings in Table 1
 METRIC_NAMES = {"exact_match": "EM", "f1": "F1", "acc": "Acc", "bits_per_byte": "bits/byte"}
 LAYOUTS = ("table4", "table1")
 PAPER_TABLE4_PARAMS = 27e9  # paper.TABLE4_SETTING: a 27B MoE (total parameters)
@@ -89,7 +89,7 @@ def _learned(cfg: dict) -> frozenset:
     if cfg["variant"]["name"] == "identity":
         return frozenset()
     fixed = {m.strip() for m in cfg["variant"].get("fixed", "").split(",") if m.strip()}
-    return frozenset(m for m in MAPPINGS if m not in fixed)
+    return frozenset(m for m in TABLE1_ORDER if m not in fixed)
 
 
 def row_label(cfg: dict) -> str:
@@ -98,12 +98,12 @@ def row_label(cfg: dict) -> str:
     base = variant_label(name)
     if name == "identity" or not cfg["variant"].get("fixed", "").strip():
         return base
-    learned = [m for m in MAPPINGS if m in _learned(cfg)]
+    learned = [m for m in TABLE1_ORDER if m in _learned(cfg)]
     what = "nothing learned" if not learned else " + ".join(f"H_{m}" for m in learned) + (" only" if len(learned) == 1 else "")
     return what if name == "hc" else f"{base}: {what}"
 
 
-def collect(experiment, runs_dir="runs") -> list[Run]:
+def experiment_runs(experiment, runs_dir="runs") -> list[Run]:
     """Every run folder of an experiment (or the one run folder given), finished or not."""
 
     experiment = experiment_dir(experiment, runs_dir)
@@ -124,7 +124,7 @@ def finished_runs(experiment, runs_dir="runs") -> tuple[list[Run], list[str]]:
 
     A one-line error when no run of the experiment is finished.
     """
-    runs = collect(experiment, runs_dir)
+    runs = experiment_runs(experiment, runs_dir)
     note = []
     grid = _grid_folders(Path(experiment).expanduser().resolve())
     if grid is not None:  # a grid's experiment: the runs of its latest version, as `grid collect` takes
@@ -277,7 +277,7 @@ def table1_frame(rows: list[Row]):
         gap_err = math.sqrt(err ** 2 + base[1] ** 2) if err == err and base[1] == base[1] else math.nan
         out.append({
             "row": row.label, "runs": len(row.runs), "variant": row.variant,
-            **{f"H_{m}": m in row.learned for m in MAPPINGS},
+            **{f"H_{m}": m in row.learned for m in TABLE1_ORDER},
             "val_loss": mean, "err": err, "err_kind": kind,
             "gap": gap, "gap_err": gap_err if row.variant != "identity" else math.nan,
             "paper_gap": math.nan if ref is None else ref,
@@ -367,7 +367,7 @@ def wide1(df) -> tuple[list[str], list[list[str]]]:
     header = ["Method", "Runs", "H_res", "H_pre", "H_post", "val loss", "gap vs Baseline", "paper gap", "Δ"]
     body = []
     for _, r in df.iterrows():
-        marks = ["✓" if r[f"H_{m}"] else "" for m in MAPPINGS]
+        marks = ["✓" if r[f"H_{m}"] else "" for m in TABLE1_ORDER]
         if r["variant"] == "identity":
             gap = "0"
         else:
