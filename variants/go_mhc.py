@@ -29,17 +29,16 @@ from kernels.errors import UserError
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.manifold import ManifoldResidual, check_projection_width
+from variants.mhc import PrePostInit
 from variants.options import doc
 
 S_CHOICES = (1, 2, 3)
 
 
 @dataclass
-class GoMHCOptions(MixingOptions):
+class GoMHCOptions(MixingOptions, PrePostInit):
     s: int = doc("block size s of the generalised orthostochastic map: Q is ns x ns (1 = plain orthostochastic; the "
                  "paper's default 2; 3)", 2)
-    prepost_init_logit: float = doc("initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on "
-                                    "the others (as mhc)", 1.0)
     res_init_angle: float = doc("size of the initial random rotation of Q away from I (H_res off-diagonals ~ angle^2); "
                                 "0 gives an identity H_res whose logits have zero gradient", 0.1)
 

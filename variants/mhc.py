@@ -59,11 +59,17 @@ from variants.registry import VariantConfig
 
 
 @dataclass
-class ManifoldInit:
-    """Initial biases of the manifold-constrained variants (module doc: why these)."""
+class PrePostInit:
+    """The initial H_pre/H_post biases every variant with mHC's heads shares (module doc: why these)."""
 
     prepost_init_logit: float = doc("initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on "
                                     "the others (breaks the streams' symmetry)", 1.0)
+
+
+@dataclass
+class ManifoldInit(PrePostInit):
+    """Initial biases of the manifold-constrained variants (module doc: why these)."""
+
     res_init_offdiag: float = doc("initial H_res bias logits off the diagonal (mhc; diagonal 0) or of the "
                                   "non-identity permutations (mhc-lite); -8 is near the identity", -8.0)
 

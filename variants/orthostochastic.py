@@ -34,13 +34,12 @@ from kernels.orthostochastic import NS_COEFFS, newton_schulz, orthostochastic  #
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.manifold import ManifoldResidual, check_projection_width
+from variants.mhc import PrePostInit
 from variants.options import doc
 
 
 @dataclass
-class OrthostochasticOptions(MixingOptions):
-    prepost_init_logit: float = doc("initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on "
-                                    "the others (as mhc)", 1.0)
+class OrthostochasticOptions(MixingOptions, PrePostInit):
     res_init_angle: float = doc("initial rotation of O away from I (radians; H_res off-diagonals ~ angle^2); 0 "
                                 "gives an identity H_res whose mixing never learns", 0.1)
     ns_steps: int = doc("Newton-Schulz steps towards the orthogonal polar factor (the forks' 5)", 5)

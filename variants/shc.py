@@ -33,13 +33,12 @@ from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.go_mhc import cayley, skew
 from variants.manifold import ManifoldResidual, check_projection_width
+from variants.mhc import PrePostInit
 from variants.options import doc
 
 
 @dataclass
-class SHCOptions(MixingOptions):
-    prepost_init_logit: float = doc("initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on "
-                                    "the others (as mhc)", 1.0)
+class SHCOptions(MixingOptions, PrePostInit):
     sv_init_logit: float = doc("initial logit of the n - 1 singular values σ = tanh(logit) (the code's 4: σ = 0.9993, "
                                "H_res ≈ I)", 4.0)
 

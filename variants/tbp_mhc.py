@@ -37,6 +37,7 @@ from kernels.errors import UserError
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
 from variants.manifold import ManifoldResidual, check_projection_width
+from variants.mhc import PrePostInit
 from variants.options import doc
 
 CHARTS = ("recursive", "sequential")
@@ -46,13 +47,11 @@ SATURATED = 8.0
 
 
 @dataclass
-class TBPMHCOptions(MixingOptions):
+class TBPMHCOptions(MixingOptions, PrePostInit):
     chart: str = doc("chart of the transportation polytope: recursive (RTBP, the default) or sequential", "recursive",
                      choices=CHARTS)
     init: str = doc("initial H_res: paper (logits 0: J/n with the recursive chart) or identity (logits saturated at "
                     "±8 so that H_res ≈ I)", "paper", choices=INITS)
-    prepost_init_logit: float = doc("initial H_pre/H_post bias logits: +m on stream (sub-layer index mod n), -m on "
-                                    "the others (as mhc)", 1.0)
 
 
 def _pick(lo: Tensor, hi: Tensor, t: Tensor) -> Tensor:
