@@ -105,6 +105,8 @@ def _blocks(R: int, K: int, W: int, elem: int, backward: bool, precision: str) -
     br = 64
     if backward and precision != "tf32":
         br = 32 if w_pad <= 64 else 16
+    if backward and w_pad >= 256:  # dφ, φ and dp tiles 256 wide: at 64 x 32 they spilled (go-mhc, n = 8)
+        br = min(br, 32)
     return br, bk, w_pad, 8 if w_pad >= 128 or (backward and precision == "tf32x3") else 4
 
 
