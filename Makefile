@@ -44,10 +44,10 @@ cluster-down:
 
 # On a GPU machine, from a plain checkout with that machine's own Python (no venv, no install):
 # kernel tests on CUDA, tf32 accuracy, `bench kernels` and `bench model` at gpt-s, <= ~8 min
-# (harness/gpu_check.py; results in $OUT or runs/gpu-check/). `make gpu-bundle` first, here,
+# (harness/bench/gpu_check.py; results in $OUT or runs/gpu-check/). `make gpu-bundle` first, here,
 # puts Liger-Kernel's wheel and a few corpus shards where the run can use them offline.
 gpu-check:
-	PYTHONPATH=. $(PYTHON) -m harness.gpu_check
+	PYTHONPATH=. $(PYTHON) -m harness.bench.gpu_check
 
 gpu-bundle: $(STAMP)
 	mkdir -p .gpu-wheels .gpu-data/corpus/wikipedia_en_2015

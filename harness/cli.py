@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.errors import UserError, filesystem_fault, filesystem_fix
+from harness.core.errors import UserError, filesystem_fault, filesystem_fix
 
 EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 
@@ -35,8 +35,8 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args):
-    from harness.config import apply_overrides
-    from harness.presets import get_preset
+    from harness.core.config import apply_overrides
+    from harness.core.presets import get_preset
 
     cfg = get_preset(args.preset)
     apply_overrides(cfg, args.overrides)
@@ -50,7 +50,7 @@ def config_from_args(args):
 
 
 def cmd_train(args) -> int:
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = config_from_args(args)
     result = train(cfg, resume=args.resume)
@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from harness.data import prepare
+    from harness.train.data import prepare
 
     data = prepare(config_from_args(args))
     print(f"shards: {data.dir}  (train {len(data.train):,} tokens, val {len(data.val):,} tokens)")
@@ -77,7 +77,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from harness.config import describe
+    from harness.core.config import describe
 
     print(describe(config_from_args(args)), end="")
     return 0
@@ -86,8 +86,8 @@ def cmd_config(args) -> int:
 def cmd_diagnose(args) -> int:
     from pathlib import Path
 
-    from harness.diagnostics import DIAGNOSTICS_NAME, diagnose_run
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
+    from harness.train.diagnostics import DIAGNOSTICS_NAME, diagnose_run
 
     run_dir = Path(args.run_dir)
     if not RunDir.is_run(run_dir):
@@ -102,7 +102,7 @@ def cmd_diagnose(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from harness.export import export_run
+    from harness.eval.export import export_run
 
     out = export_run(args.run_dir, args.out, force=args.force)
     print(f"exported: {out}")
@@ -110,7 +110,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.report import build_report
+    from harness.analysis.report import build_report
 
     path = build_report(args.experiment, args.runs_dir)
     print(f"report: {path}\n        {path.with_suffix('.html')}")
@@ -118,7 +118,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from harness.report import publish
+    from harness.analysis.report import publish
 
     print(f"published: {publish(args.experiment, args.runs_dir, args.results_dir)}")
     return 0
@@ -164,13 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: `bench model` (training-step cost per variant), `bench kernels` (fused ops vs the copy ceiling), "
                                      "`bench data` (loader tokens/s vs a GPU's step)")
     bench = p.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
-    from harness.bench_model import register as register_bench_model
+    from harness.bench.model import register as register_bench_model
 
     register_bench_model(bench)
-    from harness.bench_kernels_cli import register as register_bench_kernels
+    from harness.bench.kernels_cli import register as register_bench_kernels
 
     register_bench_kernels(bench)
-    from harness.bench_data import register as register_bench_data
+    from harness.bench.data import register as register_bench_data
 
     register_bench_data(bench)
 
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_publish)
 
     from harness.demo import register as register_demo
-    from harness.eval.cli import register as register_eval
+    from harness.eval_cli import register as register_eval
     from slurm.cli import register as register_grid
 
     register_eval(sub)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from harness import PROJECT_ROOT
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 DEMO_GRID = PROJECT_ROOT / "slurm" / "grids" / "demo.toml"
 DEMO_TASKS = "paper,ppl"

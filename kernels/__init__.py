@@ -13,7 +13,7 @@ C++ of the CPU kernels in <op>_cpu.cpp, built on first use by cpu_build.py (trai
     orthostochastic.py orthostochastic(L, steps)        O ⊙ O, O Newton-Schulz polar factor (CPU kernel only)
     precision.py     tf32 as the tensor cores read it (emulated), its error bound
 
-The tests (tests/test_kernels*.py) and the benchmark (harness/bench_kernels.py, `mhc-bench bench
+The tests (tests/test_kernels*.py) and the benchmark (harness/bench/kernels.py, `mhc-bench bench
 kernels`) import the same references. Nothing here imports from variants/ or harness/: this is
 the bottom layer (pyproject.toml's import-linter contract).
 """

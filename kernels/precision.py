@@ -11,7 +11,7 @@ R·W numbers); the truncation then changes nothing of them. A bf16 stream conver
 exactly and loses nothing; only an fp32 stream is still truncated by the hardware.
 
 `tf32_round` is that host rounding, `tf32_truncate` the hardware's reading, so the accuracy of
-the GPU path can be stated (and tested) without a GPU: harness/tf32_accuracy.py measures it on
+the GPU path can be stated (and tested) without a GPU: harness/bench/tf32_accuracy.py measures it on
 the projection and on the coefficients it feeds, emulated here or on a device.
 """
 

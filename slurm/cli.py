@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
@@ -145,7 +145,7 @@ def _estimate(args, grid, res, runs):
 
 
 def _print_estimate(args, res, ests, described: str) -> None:
-    from harness.flops import FORMULA
+    from harness.train.flops import FORMULA
     from slurm import estimate as est
     from slurm.dispatch import SIGNAL_LEAD_S
 
@@ -168,7 +168,7 @@ def _print_estimate(args, res, ests, described: str) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_plan(args) -> int:
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
     from slurm.dispatch import SIGNAL_LEAD_S, requeue_limit
 
     grid = _load(args)
@@ -219,7 +219,7 @@ def cmd_submit(args) -> int:
     chosen, others = select_runs(grid.runs, args.only)
     res = _resources(args, grid, chosen)
     if args.cluster != "slurm":  # jobs on this machine: a tracker package it lacks fails them all, so refuse now
-        from harness.tracking import check
+        from harness.train.tracking import check
 
         for run in chosen:
             check(run.cfg)

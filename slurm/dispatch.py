@@ -41,8 +41,8 @@ from pathlib import Path
 import submitit
 
 from harness import PROJECT_ROOT
-from harness.errors import UserError
-from harness.rundir import RunDir, RunLockedError
+from harness.core.errors import UserError
+from harness.core.rundir import RunDir, RunLockedError
 from slurm.experiment import ACTIVE_JOB_STATES, Experiment, is_locked, scheduler_states
 from slurm.grid import Run
 
@@ -75,7 +75,7 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
-        from harness.train import request_stop
+        from harness.train.loop import request_stop
 
         if self.signum != self.env._usr_sig():  # USR2 (requeue me) wins over a SIGTERM that follows it
             self.signum = signum
@@ -132,8 +132,8 @@ class RunJob(submitit.helpers.Checkpointable):
         self.spec = spec  # plain data (id, name, folder, config): small to pickle, no code in it
 
     def __call__(self) -> dict:
-        from harness.config import from_dict
-        from harness.train import train
+        from harness.core.config import from_dict
+        from harness.train.loop import train
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one process per GPU (or CPU task): torch.distributed from SLURM's variables
@@ -270,12 +270,12 @@ def check_request(runs: list[Run], res: Resources, cluster: str) -> None:
     """Refuse, before anything is queued, resources the jobs could not use; one line naming the run and the fix.
 
     What a job would find out only after waiting in the queue: its world size against the run's
-    micro-batches (`harness.config.check_world`, the very check the job makes), processes per
+    micro-batches (`harness.core.config.check_world`, the very check the job makes), processes per
     node against GPUs per node (each process drives one GPU), a time limit inside the warning
     signal's lead (the job would checkpoint and requeue before training a step), and host
     memory below what the model's matrices alone need (SLURM kills a job over --mem-gb).
     """
-    from harness.config import check_world
+    from harness.core.config import check_world
 
     if cluster == "local" and res.nodes > 1:
         raise UserError(f"--nodes {res.nodes}: the local cluster is this one machine; use --cluster slurm or --nodes 1")
@@ -310,10 +310,10 @@ def node_gpus(res: Resources) -> int:
 
 def host_gb(cfg, on_gpu: bool) -> float:
     """A lower bound on one process's host memory, in GB: every process builds the whole model on
-    the host in fp32 (harness/train.py, harness/fsdp.py); on a CPU it also keeps the gradients and
+    the host in fp32 (harness/train/loop.py, harness/train/fsdp.py); on a CPU it also keeps the gradients and
     AdamW's two moments there. Only the blocks' attention and MLP matrices are counted (the
     embedding's size depends on the tokenizer trained later), so a refusal is never wrong."""
-    from harness.model import mlp_hidden
+    from harness.train.model import mlp_hidden
 
     m = cfg.model
     params = m.n_layer * (4 * m.d_model ** 2 + 3 * m.d_model * mlp_hidden(m))

@@ -1,6 +1,6 @@
 """Know the bill before you submit: tokens, FLOPs, wall time and device-hours of a grid's runs.
 
-Per run: tokens = steps x batch_size x grad_accum x seq_len, and training FLOPs by harness/flops.py
+Per run: tokens = steps x batch_size x grad_accum x seq_len, and training FLOPs by harness/train/flops.py
 (6·N·tokens + 12·L·T·C·tokens). The time is FLOPs over a rate, and the rate comes, first found:
 
     calibrated  --calibrate-from EXPERIMENT: the tokens/s its finished runs trained at (tokens over
@@ -33,8 +33,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.errors import UserError, did_you_mean
-from harness.flops import (
+from harness.core.errors import UserError, did_you_mean
+from harness.train.flops import (
     FORMULA,
     flops_per_token,
     model_params,
@@ -133,7 +133,7 @@ class Rates:
         exact = rows[(rows.preset == cfg.preset) & (rows.n_layer == m.n_layer) & (rows.d_model == m.d_model)
                      & (rows.seq_len == m.seq_len) & (rows.batch_size == cfg.train.batch_size)]
         if "vocab" in exact:  # tables since 2026-12-07 say their output layer's size; older ones had 8192 entries
-            from harness.model import padded_vocab
+            from harness.train.model import padded_vocab
 
             exact = exact[exact.vocab == padded_vocab(cfg, tokenizer_vocab(cfg))]
         tps = exact[exact.metric == "tokens_per_s"]["value"]
@@ -180,8 +180,8 @@ def calibration(experiment: Path) -> dict[str, list[float]]:
     """{variant: training FLOP/s of each finished run} of an experiment (module doc)."""
     import pandas as pd
 
-    from harness.config import from_dict
-    from harness.rundir import RunDir
+    from harness.core.config import from_dict
+    from harness.core.rundir import RunDir
 
     out: dict[str, list[float]] = {}
     folders = [p for p in sorted(Path(experiment).iterdir()) if RunDir.is_run(p)] if Path(experiment).is_dir() else []
@@ -260,7 +260,7 @@ def duration(s: float) -> str:
 
 def save(exp_dir: Path, ests: list[RunEstimate], description: str) -> None:
     """<experiment>/estimate.json: what was predicted for each run at submission (merged over submissions)."""
-    from harness.atomic import write_json
+    from harness.core.atomic import write_json
 
     path = Path(exp_dir) / ESTIMATE_NAME
     old = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
@@ -279,7 +279,7 @@ def actual_seconds(run_dir: Path) -> float | None:
     """The training time a run logged: the sum of its step times (None before its first step)."""
     import pandas as pd
 
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
 
     metrics = RunDir(run_dir, writer=False).read_table("metrics")
     if metrics is None or metrics.empty:

@@ -2,7 +2,7 @@
 
     runs/<experiment>/manifest.json     runs (id, name, folder, settings, config) and submissions
                       grid.toml         the grid file as last submitted (grids/<sha>.toml: each version)
-                      <name>-<id>/      one run folder per run (harness/rundir.py)
+                      <name>-<id>/      one run folder per run (harness/core/rundir.py)
                       code/<hash>/      frozen code of the submissions (slurm/snapshot.py)
                       logs/             submitit's pickles and job logs
                       runs.parquet      `grid collect`: one row per run, its config flattened
@@ -22,11 +22,11 @@ import json
 import os
 from pathlib import Path
 
-from harness import signals
-from harness.atomic import write_json, write_parquet, write_text
-from harness.config import flatten
-from harness.errors import UserError
-from harness.rundir import RunDir, now
+from harness.core import signals
+from harness.core.atomic import write_json, write_parquet, write_text
+from harness.core.config import flatten
+from harness.core.errors import UserError
+from harness.core.rundir import RunDir, now
 
 MANIFEST = "manifest.json"
 STATES = ("pending", "running", "stopped", "interrupted", "done", "diverged", "failed")
@@ -58,10 +58,10 @@ RUN_ID_SCHEME = 1  # manifests keyed by harness/run_id.run_id; absent = legacy i
 
 
 def rekey_manifest(man: dict) -> dict:
-    """A manifest keyed by legacy run ids, keyed by the current ones (harness/run_id.py). Every run
+    """A manifest keyed by legacy run ids, keyed by the current ones (harness/core/run_id.py). Every run
     keeps its folder, name, settings and jobs; the id is recomputed from the config it recorded."""
-    from harness.config import from_dict
-    from harness.run_id import run_id
+    from harness.core.config import from_dict
+    from harness.core.run_id import run_id
 
     mapping = {old: run_id(from_dict(entry["config"])) for old, entry in man.get("runs", {}).items()}
     man["runs"] = {mapping[old]: entry for old, entry in man.get("runs", {}).items()}
@@ -221,7 +221,7 @@ def collect(exp: Experiment, all_versions: bool = False) -> dict[str, Path]:
     facts, and the whole config flattened into `section.field` columns. Every other table a
     run folder holds (metrics, diagnostics, evaluations, ...) is concatenated into a table of
     the same name with `run_id` and `name` columns in front, and signals.parquet holds every
-    run's instability signals (harness/signals.py), their per-run summary in runs.parquet's
+    run's instability signals (harness/core/signals.py), their per-run summary in runs.parquet's
     `signals.*` columns.
     """
     import pandas as pd

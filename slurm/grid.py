@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.config import Config, all_keys, flatten, set_value
-from harness.errors import UserError, did_you_mean
-from harness.presets import PRESETS, get_preset
+from harness.core.config import Config, all_keys, flatten, set_value
+from harness.core.errors import UserError, did_you_mean
+from harness.core.presets import PRESETS, get_preset
 from slurm.experiment import MANIFEST, Experiment
 
 TOP_LEVEL = ("name", "description", "preset", "base", "axes", "slurm", "tune")
@@ -413,7 +413,7 @@ def _localise(cfg: Config, root: Path, exp_dir: Path, folder: str) -> None:
     beside the checkout and relative paths would point elsewhere: resolve them now. Token
     shards are shared with plain `mhc-bench train` runs (<runs>/data) so a grid tokenizes once.
     """
-    from harness.data import data_root
+    from harness.train.data import data_root
 
     cfg.run.runs_dir = str(exp_dir)
     cfg.run.name = folder

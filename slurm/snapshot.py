@@ -52,7 +52,7 @@ def code_hash(root: Path) -> str:
 
 def freeze(root: Path, dest_parent: Path) -> Path:
     """Copy the code under `root` to `dest_parent/<hash>` (once) and return that folder."""
-    from harness.rundir import git_info, now
+    from harness.core.rundir import git_info, now
 
     root = Path(root).resolve()
     files = _files(root)

@@ -52,10 +52,10 @@ import time
 import tomllib
 from pathlib import Path
 
-from harness.atomic import write_json, write_text
-from harness.config import Config, all_keys
-from harness.errors import UserError, did_you_mean
-from harness.rundir import RunDir
+from harness.core.atomic import write_json, write_text
+from harness.core.config import Config, all_keys
+from harness.core.errors import UserError, did_you_mean
+from harness.core.rundir import RunDir
 from slurm.experiment import ACTIVE_JOB_STATES, Experiment, is_locked, scheduler_states
 from slurm.grid import arm_labels, load_grid
 from slurm.pruning import PruningHook, make_pruner, open_storage  # noqa: F401 (jobs import them from here too)

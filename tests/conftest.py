@@ -15,8 +15,8 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from harness.config import apply_overrides
-from harness.presets import get_preset
+from harness.core.config import apply_overrides
+from harness.core.presets import get_preset
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,13 @@
 import shutil
 from pathlib import Path
 
-from harness.config import apply_overrides
-from harness.presets import get_preset
+from harness.core.config import apply_overrides
+from harness.core.presets import get_preset
 
 
 def train_tiny(runs_dir: Path, data_cache: Path, *overrides: str) -> Path:
     """A `tiny` run trained for 4 steps (byte tokenizer: the folder alone can be evaluated)."""
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = get_preset("tiny")
     cfg.run.runs_dir = str(runs_dir)

@@ -52,7 +52,7 @@ def submit_one(tmp_path, body, data_cache, *extra):
 
 def train_reference(tmp_path, body, data_cache, name="ref"):
     """The same one-run grid trained uninterrupted in this process, in its own folder."""
-    from harness.train import train
+    from harness.train.loop import train
     from slurm.grid import load_grid
 
     grid = load_grid(write(tmp_path, body, f"{name}.toml"), runs_dir=tmp_path / name, overrides=[f"data.cache_dir={data_cache}"])

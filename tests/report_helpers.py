@@ -9,9 +9,9 @@ EVAL_BASE = {"bbh": 0.10, "drop": 0.20, "gsm8k": 0.02, "mmlu": 0.25, "wiki": 2.4
 
 def train_runs(root: Path, data_cache, variants=("identity", "mhc"), seeds=(0, 1)) -> Path:
     """Tiny runs of `variants` x `seeds` (8 steps) under root; returns root."""
-    from harness.config import apply_overrides
-    from harness.presets import get_preset
-    from harness.train import train
+    from harness.core.config import apply_overrides
+    from harness.core.presets import get_preset
+    from harness.train.loop import train
 
     for variant in variants:
         for seed in seeds:
@@ -68,8 +68,7 @@ def full_report(root: Path, data_cache, seeds=(0, 1)) -> Path:
 def keep_figures(monkeypatch) -> dict:
     """{file name: matplotlib Figure} of every figure the plot functions save from now on
     (the body of the `drawn` fixture of the report tests)."""
-    from harness import plots
-
+    from harness.analysis import plots
     figures = {}
     save = plots._save
 

@@ -1,16 +1,16 @@
-"""Activation memory: saved-for-backward bytes, counted exactly (harness/activation_memory.py)."""
+"""Activation memory: saved-for-backward bytes, counted exactly (harness/bench/activation_memory.py)."""
 
 import torch
 
-from harness.activation_memory import (
+from harness.bench.activation_memory import (
     bytes_per_token,
     count_saved_bytes,
     measure,
     measure_in_subprocess,
 )
-from harness.config import apply_overrides
-from harness.model import build_model
-from harness.presets import get_preset
+from harness.core.config import apply_overrides
+from harness.core.presets import get_preset
+from harness.train.model import build_model
 
 
 def test_count_is_exact_on_a_toy_graph_whose_saved_tensors_are_known():

@@ -1,4 +1,4 @@
-"""Experiments sweeping depth or learning rate (harness/axes.py) and their report sections."""
+"""Experiments sweeping depth or learning rate (harness/analysis/axes.py) and their report sections."""
 
 import math
 
@@ -7,9 +7,9 @@ import pytest
 from matplotlib.colors import to_hex
 from report_helpers import keep_figures, legend_colours, tick_labels
 
-from harness import axes
+from harness.analysis import axes
 from harness.cli import main
-from harness.train import train
+from harness.train.loop import train
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def depth_experiment(tiny_cfg, tmp_path):
 
 
 def test_a_depth_sweep_gets_its_section_figures_and_per_step_figures_at_the_deepest_setting(depth_experiment):
-    from harness.eval.table import finished_runs
+    from harness.analysis.table import finished_runs
 
     runs, _ = finished_runs(depth_experiment)
     assert axes.swept_axes(runs) == ["model.n_layer"]
@@ -113,8 +113,7 @@ def test_a_miniature_of_the_shipped_depth_grid_runs_collects_and_reports_amax_vs
 def test_sweep_figures_share_the_report_palette_and_tell_gains_near_one_apart(drawn, tmp_path):
     """HC is HC's colour in the sweep figures as in loss.png; composite gains within 1e-3 of 1
     still get distinct tick labels."""
-    from harness import plots
-
+    from harness.analysis import plots
     df = runs_frame([(s, x, seed, 2.0 + 0.1 * i, False, 1 + 1e-4 * x * (i + 1))
                      for i, s in enumerate(("Baseline", "HC")) for x in (2, 4, 8) for seed in (0, 1)])
     df["amax_bwd_final"] = df["amax_fwd_final"]

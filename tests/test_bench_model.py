@@ -31,8 +31,7 @@ def test_quick_bench_writes_a_complete_long_table(tmp_path, capsys):
 def test_triton_activation_memory_on_a_cpu_comes_from_the_interpreter(monkeypatch, tmp_path, capsys):
     """Without a GPU, backend=triton cannot be timed, but its activation memory is measured under
     Triton's interpreter in a subprocess (here the test session already runs the interpreter)."""
-    from harness import bench_model
-
+    from harness.bench import model as bench_model
     calls = []
     real = bench_model.activation_rows
 
@@ -81,8 +80,7 @@ QUICK = ["bench", "model", "--preset", "tiny", "--peers", "none", "--steps", "1"
 def test_ceilings_are_measured_between_rounds_and_the_best_kept(monkeypatch, tmp_path):
     """A ceiling measured once, at a busy moment, made MFU print above 100%: now every round
     measures it again and the table keeps the best."""
-    from harness import bench_model
-
+    from harness.bench import model as bench_model
     rates = iter([1e9, 3e9, 2e9, 1.5e9])  # before warm-up, then before each of 3 rounds
 
     def fake(device, dtype):
@@ -96,8 +94,7 @@ def test_ceilings_are_measured_between_rounds_and_the_best_kept(monkeypatch, tmp
 
 
 def test_mfu_above_100_percent_is_a_measurement_error_not_a_number(monkeypatch, tmp_path, capsys):
-    from harness import bench_model
-
+    from harness.bench import model as bench_model
     monkeypatch.setattr(bench_model, "measure_ceilings", lambda d, t: {"copy_bytes_per_s": 1e9, "matmul_flops_per_s": 1.0})
     out = tmp_path / "bench.parquet"
     assert main([*QUICK, "--variants", "identity", "--rounds", "1", "--out", str(out)]) == 0
@@ -132,8 +129,7 @@ def test_many_compiled_cases_each_keep_a_compiled_graph():
     silently run eager under the label compile."""
     import torch._dynamo
 
-    from harness import bench_model
-
+    from harness.bench import model as bench_model
     cases = bench_model.build_cases(["tiny"], ["identity", "hc", "mhc"], ["torch", "compile"], [], [], [], peers=())
     cases *= 3
     old = torch._dynamo.config.recompile_limit

@@ -2,9 +2,9 @@
 
 import pytest
 
-from harness.config import Config, all_keys, apply_overrides, describe, from_dict
-from harness.errors import UserError
-from harness.presets import PRESETS, get_preset
+from harness.core.config import Config, all_keys, apply_overrides, describe, from_dict
+from harness.core.errors import UserError
+from harness.core.presets import PRESETS, get_preset
 
 
 def test_presets_validate_and_gpu_sizes_match_mhc_lite_paper():
@@ -85,7 +85,7 @@ def test_every_field_documented():
 # Run ids of shipped configs (runs/<preset>-<variant>-<id>), pinned: an option added with a
 # default, or a field that changes how a run executes rather than what it computes, must leave
 # them alone. LEGACY_IDS are the ids these runs had before run ids hashed only the differences
-# from pinned defaults (harness/run_id.py); published results were migrated from them.
+# from pinned defaults (harness/core/run_id.py); published results were migrated from them.
 RUN_IDS = {
     ("tiny", "identity"): "b13ee7b446",
     ("tiny", "mhc"): "d08bca64b2",
@@ -110,7 +110,7 @@ def test_run_ids_of_shipped_configs_are_pinned(preset, variant):
 
 @pytest.mark.parametrize("preset, variant", sorted(LEGACY_IDS))
 def test_legacy_ids_are_reproduced_for_migration(preset, variant):
-    from harness.run_id import legacy_hash
+    from harness.core.run_id import legacy_hash
 
     assert legacy_hash(apply_overrides(get_preset(preset), [f"variant.name={variant}"])) == LEGACY_IDS[preset, variant]
 

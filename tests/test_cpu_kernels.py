@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from kernels import backend as kb
 from kernels import cpu_build
 from kernels.orthostochastic import orthostochastic, orthostochastic_reference
@@ -231,9 +231,9 @@ def test_cpu_custom_ops_pass_opcheck():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mhc", "orthostochastic", "hc"])
 def test_compiled_model_matches_eager_through_the_kernels(name):
-    from harness.config import apply_overrides
-    from harness.model import build_model
-    from harness.presets import get_preset
+    from harness.core.config import apply_overrides
+    from harness.core.presets import get_preset
+    from harness.train.model import build_model
 
     cfg = apply_overrides(get_preset("tiny"), [f"variant.name={name}"])
     torch.manual_seed(0)
@@ -293,7 +293,7 @@ def test_no_compiler_is_one_line(monkeypatch, tmp_path):
 
 
 def test_train_refuses_on_without_a_build_before_writing_anything(broken_build, tiny_cfg, tmp_path):
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = tiny_cfg("variant.name=mhc", "train.cpu_kernels=on", "train.steps=2")
     with kb.cpu_kernels("auto"), pytest.raises(UserError, match="train.cpu_kernels=on: the CPU kernels cannot be built"):
@@ -326,7 +326,7 @@ def train_losses(cfg):
 
     import pandas as pd
 
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(cfg)
     assert result.status == "done"

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from harness import data
-from harness.data import Batches, corpus_files, prepare, read_documents
-from harness.errors import UserError
-from harness.presets import get_preset
-from harness.tokenizer import EOT, ByteTokenizer, load_tokenizer
+from harness.core.errors import UserError
+from harness.core.presets import get_preset
+from harness.train import data
+from harness.train.data import Batches, corpus_files, prepare, read_documents
+from harness.train.tokenizer import EOT, ByteTokenizer, load_tokenizer
 
 WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corpus" / "wikipedia_en_2015"
 WORDS = "the quick brown fox jumps over lazy dogs while naïve Zürich cafés serve 東京 tea".split()

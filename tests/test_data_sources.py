@@ -14,8 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.cli import main
-from harness.config import apply_overrides
-from harness.data import (
+from harness.core.config import apply_overrides
+from harness.core.errors import UserError
+from harness.core.presets import get_preset
+from harness.core.run_id import legacy_hash, run_id
+from harness.train.data import (
     MODDED_MAGIC,
     Batches,
     TokenStream,
@@ -23,10 +26,7 @@ from harness.data import (
     prepare,
     read_documents,
 )
-from harness.errors import UserError
-from harness.presets import get_preset
-from harness.run_id import legacy_hash, run_id
-from harness.tokenizer import EOT, BPETokenizer, FileTokenizer
+from harness.train.tokenizer import EOT, BPETokenizer, FileTokenizer
 from tests.test_data import doc_text, joined, make_cfg
 
 
@@ -261,8 +261,7 @@ def test_new_data_fields_change_no_existing_id():
 def test_with_validation_files_named_the_training_text_is_streamed(tmp_path, monkeypatch):
     """Nothing is read up front; the files are read as they are tokenized, a chunk at a time,
     and data.max_bytes still cuts the training ones."""
-    from harness import data
-
+    from harness.train import data
     corpus = tmp_path / "pq"
     corpus.mkdir()
     docs = [doc_text(i) for i in range(12)]
@@ -319,7 +318,7 @@ def test_holding_out_a_fraction_never_holds_the_corpus_in_memory(tmp_path):
 
 def test_a_run_trained_with_a_tokenizer_file_loads_for_evaluation_with_it(tmp_path):
     from harness.eval.loading import load_run
-    from harness.train import train
+    from harness.train.loop import train
 
     tok_path = tokenizer_file(tmp_path)
     corpus = tmp_path / "docs.jsonl"

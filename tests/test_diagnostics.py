@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.checkpoint import save_checkpoint
-from harness.diagnostics import (
+from harness.core.checkpoint import save_checkpoint
+from harness.core.presets import get_preset
+from harness.train.diagnostics import (
     amax_backward,
     amax_forward,
     capped_summary,
@@ -25,8 +26,7 @@ from harness.diagnostics import (
     span_rows,
     uniform_distance,
 )
-from harness.model import build_model
-from harness.presets import get_preset
+from harness.train.model import build_model
 from kernels.sinkhorn_reference import sinkhorn_paper
 from variants.base import Mixing
 from variants.mhc_lite import permutation_matrices, permutation_mixture
@@ -199,8 +199,8 @@ def test_converged_sinkhorn_reports_its_rounds_and_the_tokens_that_hit_the_cap()
 
 # ---------------------------------------------------------------------- diagnose_run
 def fake_data_module():
-    """Stands in for harness.data (prepare / Batches): byte-sized vocab, seeded val batches."""
-    module = types.ModuleType("harness.data")
+    """Stands in for harness.train.data (prepare / Batches): byte-sized vocab, seeded val batches."""
+    module = types.ModuleType("harness.train.data")
 
     def prepare(cfg):
         return types.SimpleNamespace(tokenizer=types.SimpleNamespace(vocab_size=VOCAB - 7))
@@ -219,7 +219,7 @@ def fake_data_module():
 
 
 def test_diagnose_run_writes_and_merges_parquet(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "harness.data", fake_data_module())
+    monkeypatch.setitem(sys.modules, "harness.train.data", fake_data_module())
     cfg = small_cfg("mhc", 2)
     cfg.train.batch_size = 2
     torch.manual_seed(0)

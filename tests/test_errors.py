@@ -44,7 +44,7 @@ def test_missing_corpus_error_says_where_and_how(capsys, tmp_path):
 
 
 def test_corrupt_checkpoint_is_one_clear_error(capsys, tiny_cfg):
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = tiny_cfg("train.steps=4", "train.stop_after=2")
     result = train(cfg)
@@ -61,7 +61,7 @@ def test_corrupt_checkpoint_is_one_clear_error(capsys, tiny_cfg):
 
 
 def test_existing_run_needs_resume(capsys, tiny_cfg):
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = tiny_cfg("train.steps=2")
     train(cfg)

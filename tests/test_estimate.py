@@ -8,10 +8,15 @@ import pytest
 from grid_helpers import cli
 
 from harness.cli import main
-from harness.config import apply_overrides
-from harness.flops import flops_per_token, model_params, run_flops, tokenizer_vocab
-from harness.model import build_model
-from harness.presets import get_preset
+from harness.core.config import apply_overrides
+from harness.core.presets import get_preset
+from harness.train.flops import (
+    flops_per_token,
+    model_params,
+    run_flops,
+    tokenizer_vocab,
+)
+from harness.train.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "slurm" / "grids" / "smoke.toml"

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.model import KVCache, build_model
-from harness.presets import get_preset
-from harness.tokenizer import ByteTokenizer
+from harness.core.presets import get_preset
+from harness.train.model import KVCache, build_model
+from harness.train.tokenizer import ByteTokenizer
 
 pytest.importorskip("lm_eval")
 

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from harness.data import corpus_path, prepare, read_documents
-from harness.errors import UserError
+from harness.core.errors import UserError
+from harness.core.presets import get_preset
 from harness.eval.heldout import heldout_file
-from harness.presets import get_preset
-from harness.tokenizer import FileTokenizer
+from harness.train.data import corpus_path, prepare, read_documents
+from harness.train.tokenizer import FileTokenizer
 from tests.test_data import doc_text, make_cfg
 from tests.test_data_sources import modded_shard, tokenizer_file, write_parquet
 

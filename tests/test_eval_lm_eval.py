@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from harness.cli import main  # noqa: E402
-from harness.errors import UserError  # noqa: E402
+from harness.core.errors import UserError  # noqa: E402
 from harness.eval.render import default_data_dir, render_tasks  # noqa: E402
 from harness.eval.runner import evaluate, resolve_tasks  # noqa: E402
 from harness.eval.suites import parse_tasks  # noqa: E402

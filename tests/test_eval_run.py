@@ -11,13 +11,13 @@ pytest.importorskip("lm_eval")
 
 from lm_eval.api.model import LM  # noqa: E402
 
-from harness.config import apply_overrides  # noqa: E402
-from harness.errors import UserError  # noqa: E402
+from harness.core.config import apply_overrides  # noqa: E402
+from harness.core.errors import UserError  # noqa: E402
+from harness.core.presets import get_preset  # noqa: E402
 from harness.eval.render import default_data_dir  # noqa: E402
 from harness.eval.results import SCHEMA  # noqa: E402
 from harness.eval.runner import evaluate, evaluate_run  # noqa: E402
 from harness.eval.suites import SUITES, parse_tasks  # noqa: E402
-from harness.presets import get_preset  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not default_data_dir().is_dir(), reason="no evaluation data")
 PAPER = parse_tasks("paper")
@@ -26,7 +26,7 @@ PAPER = parse_tasks("paper")
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, data_cache):
     """A `tiny` run trained for 4 steps (the token cache is shared with the other tests)."""
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = get_preset("tiny")
     cfg.run.runs_dir = str(tmp_path_factory.mktemp("exp") / "experiment")
@@ -131,7 +131,7 @@ def test_experiment_folder_and_errors(run_dir, tmp_path):
 
 
 def test_register_adds_eval_and_table_subcommands():
-    from harness.eval.cli import register
+    from harness.eval_cli import register
 
     parser = argparse.ArgumentParser(prog="mhc-bench")
     register(parser.add_subparsers(dest="command"))

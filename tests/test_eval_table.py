@@ -6,10 +6,10 @@ import math
 import pandas as pd
 import pytest
 
+from harness.analysis.table import make_table, row_label, t975
+from harness.core.presets import get_preset
 from harness.eval.results import SCHEMA, frame
 from harness.eval.suites import SUITES
-from harness.eval.table import make_table, row_label, t975
-from harness.presets import get_preset
 
 # (run name, variant, fixed, seed, final val loss, {suite: headline value})
 RUNS = [
@@ -103,8 +103,8 @@ def test_table1_reports_loss_gaps_vs_baseline(experiment):
 
 
 def test_paper_numbers_only_beside_the_papers_own_setting():
-    from harness.eval.table import paper_setting
-    from harness.presets import get_preset
+    from harness.analysis.table import paper_setting
+    from harness.core.presets import get_preset
 
     cfg = get_preset("tiny").to_dict()
     cfg["variant"].update(name="mhc")
@@ -116,7 +116,7 @@ def test_paper_numbers_only_beside_the_papers_own_setting():
 
 def test_unfinished_runs_are_left_out_and_named_diverged_ones_stay(tmp_path):
     """A run stopped at step 40/60 must not pass its step-40 loss off as a final one."""
-    from harness.errors import UserError
+    from harness.core.errors import UserError
 
     root = tmp_path / "exp"
 
@@ -141,7 +141,7 @@ def test_unfinished_runs_are_left_out_and_named_diverged_ones_stay(tmp_path):
 
 
 def test_rows_sort_numbers_as_numbers():
-    from harness.eval.table import natural_key
+    from harness.analysis.table import natural_key
 
     labels = ["mHC (variant.sk_iters=20)", "mHC (variant.sk_iters=2)", "mHC (variant.sk_iters=10)",
               "mHC (variant.sk_iters=0)", "mHC (variant.sk_iters=5)", "mHC (variant.sk_iters=1.5)"]
@@ -160,7 +160,7 @@ def test_table_takes_an_experiment_by_name_like_report_and_grid_status(experimen
 
 def test_runs_saved_before_a_config_field_existed_group_with_newer_runs_of_the_same_recipe(tmp_path):
     """A grid resumed across versions: the older runs' config.json lacks a field added since."""
-    from harness.eval.table import Run, group_rows
+    from harness.analysis.table import Run, group_rows
 
     runs = []
     for seed in (0, 1, 2):

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from harness.errors import UserError  # noqa: E402
+from harness.core.errors import UserError  # noqa: E402
 from harness.eval.render import (  # noqa: E402
     default_data_dir,
     lm_eval_tasks_dir,

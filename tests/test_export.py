@@ -8,14 +8,14 @@ import shutil
 import pytest
 import torch
 
-from harness.checkpoint import kept_checkpoints, load_checkpoint, save_checkpoint
 from harness.cli import main
-from harness.config import apply_overrides
-from harness.errors import UserError
+from harness.core.checkpoint import kept_checkpoints, load_checkpoint, save_checkpoint
+from harness.core.config import apply_overrides
+from harness.core.errors import UserError
+from harness.core.presets import get_preset
+from harness.core.run_id import legacy_hash, run_id
+from harness.eval.export import load_export
 from harness.eval.loading import load_run
-from harness.export import load_export
-from harness.presets import get_preset
-from harness.run_id import legacy_hash, run_id
 
 SHORT = ("train.steps=3", "train.eval_every=0", "train.diag_every=0", "train.checkpoint_every=0")
 
@@ -26,7 +26,7 @@ def steps_kept(run_dir) -> list[int]:
 
 # ---------------------------------------------------------------------- kept checkpoints
 def test_one_checkpoint_by_default_and_the_last_n_when_asked(tiny_cfg, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     every = ("train.steps=6", "train.checkpoint_every=2", "train.eval_every=0", "train.diag_every=0")
     one = train(tiny_cfg(*every, "run.name=one"))
@@ -38,7 +38,7 @@ def test_one_checkpoint_by_default_and_the_last_n_when_asked(tiny_cfg, single_th
 
 
 def test_resume_continues_from_the_newest_and_keeps_rotating(tiny_cfg, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     args = ("train.steps=6", "train.checkpoint_every=2", "train.eval_every=0", "train.diag_every=0",
             "train.keep_checkpoints=3", "run.name=r")
@@ -84,7 +84,7 @@ def test_keep_checkpoints_changes_no_run_id_and_must_be_positive():
 # ---------------------------------------------------------------------- export round trip
 @pytest.mark.parametrize("variant", ["identity", "mhc", "hc"])
 def test_export_rebuilds_the_same_model_without_the_run(variant, tiny_cfg, tmp_path, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT, f"variant.name={variant}"))
     out = tmp_path / "export" / variant
@@ -103,7 +103,7 @@ def test_export_rebuilds_the_same_model_without_the_run(variant, tiny_cfg, tmp_p
 def test_tied_embedding_is_stored_once_and_tied_again(tiny_cfg, tmp_path, single_thread):
     from safetensors import safe_open
 
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT))
     out = tmp_path / "out"
@@ -116,7 +116,7 @@ def test_tied_embedding_is_stored_once_and_tied_again(tiny_cfg, tmp_path, single
 
 
 def test_untied_head_is_exported_as_its_own_tensor(tiny_cfg, tmp_path, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT, "model.tie_embeddings=false"))
     out = tmp_path / "out"
@@ -128,7 +128,7 @@ def test_untied_head_is_exported_as_its_own_tensor(tiny_cfg, tmp_path, single_th
 
 
 def test_a_bpe_run_exports_its_tokenizer_and_loads_without_the_token_cache(tiny_cfg, tmp_path, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     cache = tmp_path / "cache"
     cfg = tiny_cfg(*SHORT, "data.tokenizer=bpe", "data.vocab_size=320", "data.max_bytes=200000", f"data.cache_dir={cache}")
@@ -150,7 +150,7 @@ def test_a_bpe_run_exports_its_tokenizer_and_loads_without_the_token_cache(tiny_
 
 # ---------------------------------------------------------------------- refusals
 def test_an_existing_out_is_refused_unless_forced(tiny_cfg, tmp_path, capsys, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT))
     capsys.readouterr()  # training's own lines
@@ -167,7 +167,7 @@ def test_an_existing_out_is_refused_unless_forced(tiny_cfg, tmp_path, capsys, si
 
 
 def test_no_or_a_damaged_checkpoint_is_one_clear_error(tiny_cfg, tmp_path, capsys, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT))
     capsys.readouterr()  # training's own lines
@@ -187,7 +187,7 @@ def test_no_or_a_damaged_checkpoint_is_one_clear_error(tiny_cfg, tmp_path, capsy
 def test_a_failed_write_leaves_no_out_and_no_temporary_folder(tiny_cfg, tmp_path, monkeypatch, single_thread):
     import safetensors.torch
 
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT))
 
@@ -201,7 +201,7 @@ def test_a_failed_write_leaves_no_out_and_no_temporary_folder(tiny_cfg, tmp_path
 
 
 def test_a_damaged_export_is_one_clear_error(tiny_cfg, tmp_path, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg(*SHORT))
     out = tmp_path / "out"

@@ -4,7 +4,7 @@ H_res and its identity-init trap, Frac-Connections' layout and its plain-residua
 import pytest
 import torch
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from tests.variant_contract import residual, tiny_model
 from variants.kromhc import kron_factors
 from variants.orthostochastic import newton_schulz, orthostochastic
@@ -110,7 +110,7 @@ def test_frac_needs_d_model_divisible_by_the_fractions():
 
 def test_frac_saves_about_what_identity_saves_for_backward_and_less_than_hc():
     """The point of Frac-Connections: the state stays C wide, not n C."""
-    from harness.activation_memory import bytes_per_token
+    from harness.bench.activation_memory import bytes_per_token
 
     saved = {name: bytes_per_token(tiny_model(name, {}, n=0 if name == "identity" else 4), 16)
              for name in ("identity", "frac", "hc")}

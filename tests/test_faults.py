@@ -25,9 +25,9 @@ import pytest
 import torch
 from test_train import nan_loss_from_step
 
-import harness.checkpoint
+import harness.core.checkpoint
 from harness.cli import main
-from harness.train import train
+from harness.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = os.geteuid() == 0
@@ -158,11 +158,11 @@ def test_a_checkpoint_on_a_full_device_is_an_oserror_and_the_old_one_stays(tmp_p
     checkpoint (torch's own path writer calls it a RuntimeError), the temporary file goes and
     the previous checkpoint is untouched."""
     path = tmp_path / "checkpoint.pt"
-    harness.checkpoint.save_checkpoint(path, step=1, tokens=8, model_state={"w": torch.ones(4)}, optimizer_state={}, config={})
+    harness.core.checkpoint.save_checkpoint(path, step=1, tokens=8, model_state={"w": torch.ones(4)}, optimizer_state={}, config={})
     good = path.read_bytes()
-    monkeypatch.setattr(harness.checkpoint, "open", lambda file, mode="r": builtins.open("/dev/full", mode), raising=False)
+    monkeypatch.setattr(harness.core.checkpoint, "open", lambda file, mode="r": builtins.open("/dev/full", mode), raising=False)
     with pytest.raises(OSError) as caught:
-        harness.checkpoint.save_checkpoint(path, step=2, tokens=16, model_state={"w": torch.zeros(100_000)},
+        harness.core.checkpoint.save_checkpoint(path, step=2, tokens=16, model_state={"w": torch.zeros(100_000)},
                                            optimizer_state={}, config={})
     assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(path)
     assert path.read_bytes() == good and temp_files(tmp_path) == []
@@ -203,7 +203,7 @@ def test_checkpoint_that_does_not_fit_fails_the_run_in_one_line(capsys, tiny_cfg
         f = real_open(file, mode)
         return _FullAfter(f, room=1000) if calls["n"] == 2 else f
 
-    monkeypatch.setattr(harness.checkpoint, "open", nearly_full, raising=False)
+    monkeypatch.setattr(harness.core.checkpoint, "open", nearly_full, raising=False)
     code, out, err = run_cli(capsys, *train_args(cfg, "train.steps=6", "train.checkpoint_every=2"))
     line = one_error_line(err)
     run_dir = Path(cfg.run.runs_dir) / cfg.run_name()
@@ -326,8 +326,7 @@ def sigint_default():
 def signals_at_forward(monkeypatch, at: dict[int, int]) -> None:
     """Send this process signal `at[n]` during the n-th training forward (1-based), as a Ctrl-C
     arriving in the middle of that step would."""
-    from harness import model as model_mod
-
+    from harness.train import model as model_mod
     real_forward = model_mod.GPT.forward
     calls = {"n": 0}
 

@@ -4,7 +4,7 @@ TBP-mHC's charts, each with the property its paper claims and the init trap it m
 import pytest
 import torch
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from tests.variant_contract import randomise, residual
 from variants.go_mhc import go_orthostochastic
 from variants.registry import VariantConfig, build_variant
@@ -151,7 +151,7 @@ def test_lss_needs_several_streams_and_a_variant_that_copies_them():
 
 
 def test_stream_collapse_diagnostics_per_layer_and_over_the_model():
-    from harness.diagnostics import diagnostics_rows
+    from harness.train.diagnostics import diagnostics_rows
     from tests.variant_contract import tiny_model
 
     model = tiny_model("mhc", {}, 4)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from grid_helpers import metrics, registered, train_reference, write
 
-from harness.checkpoint import load_checkpoint
+from harness.core.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_fsdp_two_tasks_match_a_single_process_run(tmp_path, data_cache, variant
 
 def test_fsdp_run_resumes_exactly_and_its_checkpoint_resumes_in_one_process(tmp_path, data_cache):
     """Stop after step 3, resubmit: the same losses bit for bit as an uninterrupted FSDP run."""
-    from harness.train import train
+    from harness.train.loop import train
     from slurm.grid import load_grid
 
     clean_out, clean = fsdp_job(tmp_path, BODY.format(variant="mhc", stop_after=0), data_cache, "clean")

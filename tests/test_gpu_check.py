@@ -25,7 +25,7 @@ def test_dry_run_writes_every_output_without_the_optional_packages(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(shim)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "harness.gpu_check", "--dry-run", "--out", str(out)], cwd=ROOT, env=env,
+    r = subprocess.run([sys.executable, "-m", "harness.bench.gpu_check", "--dry-run", "--out", str(out)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1200)
     log = (out / "gpu-check.log").read_text() if (out / "gpu-check.log").exists() else r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
@@ -48,6 +48,6 @@ def test_without_a_gpu_the_real_run_refuses_in_one_line(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the real run would start")
-    r = subprocess.run([sys.executable, "-m", "harness.gpu_check", "--out", str(tmp_path)], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "harness.bench.gpu_check", "--out", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no CUDA device" in r.stderr

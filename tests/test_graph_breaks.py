@@ -10,9 +10,9 @@ Triton's interpreter, which tests/conftest.py switches on).
 import pytest
 import torch
 
-from harness.config import apply_overrides
-from harness.model import build_model
-from harness.presets import get_preset
+from harness.core.config import apply_overrides
+from harness.core.presets import get_preset
+from harness.train.model import build_model
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

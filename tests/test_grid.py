@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from grid_helpers import cli, metrics, registered, train_reference, write
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from slurm.grid import load_grid
 from variants.registry import variant_names
 
@@ -230,8 +230,8 @@ def test_slurm_jobs_get_the_signal_lead_and_the_requeue_limit_asked_for(tmp_path
 
 
 def test_the_job_refuses_a_world_size_with_the_words_plan_uses(tmp_path, data_cache):
-    """The same check (harness.config.check_world) inside the job: two local tasks, grad_accum 1, past the plan."""
-    from harness.config import check_world
+    """The same check (harness.core.config.check_world) inside the job: two local tasks, grad_accum 1, past the plan."""
+    from harness.core.config import check_world
     from slurm.dispatch import Dispatcher, Resources, freeze_code
 
     body = """
@@ -253,7 +253,7 @@ def test_the_job_refuses_a_world_size_with_the_words_plan_uses(tmp_path, data_ca
 
 
 def test_core_imports_without_submitit_or_optuna():
-    code = ("import sys, harness.cli, harness.train, slurm.cli, slurm.grid, slurm.experiment; "
+    code = ("import sys, harness.cli, harness.train.loop, slurm.cli, slurm.grid, slurm.experiment; "
             "bad = [m for m in ('submitit', 'optuna') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
@@ -309,7 +309,7 @@ def test_submit_only_trains_the_selected_runs_and_the_experiment_keeps_the_grid(
     assert rows == {"identity-seed=0": "pending", "identity-seed=1": "done", "mhc-n_streams=2-seed=0": "done", "mhc-n_streams=2-seed=1": "done"}
     code, out, _ = cli("submit", path, *args, "--cluster", "debug", "--only", "mhc-*")
     assert code == 0 and "nothing to submit: all 2 selected runs are done" in out
-    from harness.eval.table import (
+    from harness.analysis.table import (
         make_table,  # a table of the part trained says what is missing
     )
 
@@ -408,7 +408,7 @@ def test_snapshot_is_content_addressed_and_unaffected_by_later_edits(tmp_path):
 
 
 def test_job_reports_a_run_locked_by_another_process_and_does_not_train_it(tmp_path, tiny_grid, monkeypatch):
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
     from slurm.dispatch import RunJob
 
     path, args = tiny_grid()
@@ -572,7 +572,7 @@ def test_status_and_collect_show_the_latest_version_of_an_edited_grid(tmp_path, 
     assert pd.read_parquet(exp / "runs.parquet")["train.steps"].tolist() == [3]
     cli("collect", exp, "--all")
     assert sorted(pd.read_parquet(exp / "runs.parquet")["train.steps"]) == [2, 3]
-    from harness.eval.table import (
+    from harness.analysis.table import (
         make_table,  # tables and reports take the latest version too
     )
 
@@ -582,7 +582,7 @@ def test_status_and_collect_show_the_latest_version_of_an_edited_grid(tmp_path, 
 
 
 def test_a_job_keeps_the_failure_train_recorded_and_survives_a_status_it_cannot_write(tmp_path, monkeypatch):
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
     from slurm.dispatch import _record_refusal
 
     run = RunDir(tmp_path / "r")

@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("triton")
 
-from harness.kernel_audit.audit import GATE_SHAPES  # noqa: E402
-from harness.kernel_audit.run import audit_targets  # noqa: E402
-from harness.kernel_audit.workloads import DTYPES, VARIANT_KINDS, WORKLOADS  # noqa: E402
+from harness.bench.kernel_audit.audit import GATE_SHAPES  # noqa: E402
+from harness.bench.kernel_audit.run import audit_targets  # noqa: E402
+from harness.bench.kernel_audit.workloads import DTYPES, VARIANT_KINDS, WORKLOADS  # noqa: E402
 
 ARCHS = ("sm_90a", "sm_100a")
 

@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 SCRIPT = """
 import torch
-from harness.errors import UserError
+from harness.core.errors import UserError
 from kernels.backend import compile_only
 from kernels.premix import premix
 with compile_only(132):

@@ -29,7 +29,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from harness.errors import UserError  # noqa: E402
+from harness.core.errors import UserError  # noqa: E402
 from kernels import backend as kb  # noqa: E402
 from kernels.coefficients import coefficient_heads, head_widths, heads_reference  # noqa: E402
 from kernels.post_res import post_res, post_res_reference  # noqa: E402
@@ -339,7 +339,7 @@ VARIANT_CASES += [("mhc-lite", n, {}) for n in (2, 3, 4)] + [("mhc-lite", 3, {"f
 
 @pytest.mark.parametrize("name,n,extra", VARIANT_CASES)
 def test_variant_backends_agree(name, n, extra):
-    from harness.config import VariantConfig
+    from harness.core.config import VariantConfig
     from variants.registry import build_variant
 
     C, index = 24, 3

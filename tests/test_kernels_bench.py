@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.bench_kernels import MODES, OPS, PROVIDERS, Shape, bytes_moved
-from harness.bench_kernels_cli import register
+from harness.bench.kernels import MODES, OPS, PROVIDERS, Shape, bytes_moved
+from harness.bench.kernels_cli import register
 
 TIMED = {"time_median", "time_p20", "time_p80", "bandwidth", "copy_fraction"}
 COLUMNS = {"op", "provider", "mode", "tokens", "C", "n", "dtype", "metric", "value", "unit", "device", "versions", "note"}
@@ -83,7 +83,7 @@ def test_bytes_moved_counts_the_papers_io():
 
 
 def test_bad_arguments_are_one_line_errors():
-    from harness.errors import UserError
+    from harness.core.errors import UserError
 
     for argv, match in ((["--ops", "premx"], "unknown 'premx'"), (["--shapes", "16x4"], "TOKENSxCxN"),
                         (["--dtype", "fp8"], "--dtype"), (["--precision", "tf33"], "--precision")):

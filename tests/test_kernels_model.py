@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from harness.train import train  # noqa: E402
+from harness.train.loop import train  # noqa: E402
 
 ATOL = 1e-4
 SHRINK = ["variant.name=mhc", "train.steps=20", "model.d_model=32", "model.seq_len=32", "train.batch_size=2",

@@ -24,3 +24,12 @@ def test_every_harness_module_is_in_a_layer():
     covered = {m for m in modules if m in layered or any(m.startswith(p + ".") for p in layered)}
     assert covered == modules, f"not in any layer of pyproject.toml's contract: {sorted(modules - covered)}"
     assert {"kernels", "variants", "slurm"} <= layered
+
+
+def test_layers_below_the_cli_name_packages_not_modules():
+    """A layer that lists modules lets them all import each other; packages show the cut in the folders."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["type"] == "layers")["layers"]
+    for layer in layers[1:]:
+        for name in (m.strip() for m in layer.replace("|", ":").split(":")):
+            assert (ROOT / name.replace(".", "/") / "__init__.py").is_file(), f"{name} is a module, not a package"

@@ -2,9 +2,9 @@
 
 import torch
 
-from harness.model import build_model
-from harness.presets import get_preset
-from harness.train import make_optimizer
+from harness.core.presets import get_preset
+from harness.train.model import build_model
+from harness.train.optim import make_optimizer
 
 
 def tiny_model(**overrides):

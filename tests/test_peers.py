@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.model import GPT, build_model, padded_vocab
+from harness.train.model import GPT, build_model, padded_vocab
 from variants.peers import PEERS, PeerUnavailable, build_peer, package_version
 
 VOCAB = 256
@@ -48,7 +48,7 @@ def perturb(model: GPT, scale: float = 0.5) -> None:
 
 @pytest.mark.parametrize("name", list(PEERS))
 def test_peer_in_our_gpt_trains_every_peer_parameter(name, hc_package, tiny_cfg, single_thread):
-    from harness.train import make_optimizer
+    from harness.train.optim import make_optimizer
 
     cfg = tiny_cfg("model.seq_len=16", "variant.n_streams=3")
     model = peer_model(cfg, name)
@@ -114,8 +114,8 @@ def test_peer_mhc_h_res_is_doubly_stochastic_and_applied_as_recorded(hc_package,
 
 
 def test_bench_model_times_peers_as_extra_rows(hc_package, tmp_path, capsys, single_thread):
-    from harness import plots
-    from harness.bench_model import summary
+    from harness.analysis import plots
+    from harness.bench.model import summary
 
     out = tmp_path / "bench.parquet"
     assert main([*BENCH, "--variants", "identity,mhc", "--out", str(out)]) == 0  # --peers defaults to all
@@ -139,8 +139,8 @@ def test_bench_model_times_peers_as_extra_rows(hc_package, tmp_path, capsys, sin
 
 
 def test_unimportable_package_gives_skipped_rows_with_the_reason(monkeypatch, tiny_cfg, tmp_path, single_thread):
-    from harness import plots
-    from harness.bench_model import summary
+    from harness.analysis import plots
+    from harness.bench.model import summary
 
     monkeypatch.setitem(sys.modules, "hyper_connections", None)  # `import hyper_connections` now fails
     with pytest.raises(PeerUnavailable, match="not importable"):
@@ -183,7 +183,7 @@ def test_peers_option(tmp_path, capsys):
 
 
 def test_kernels_bench_hyper_connections_provider_runs(hc_package, single_thread):
-    from harness.bench_kernels import Shape, _runner, build, make_inputs
+    from harness.bench.kernels import Shape, _runner, build, make_inputs
 
     shape = Shape(tokens=8, C=16, n=3)
     fn, params, note = build("connection", "hyper-connections", shape, torch.device("cpu"), 3, "ieee")

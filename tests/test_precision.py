@@ -3,7 +3,7 @@ nearest): bit patterns, error bounds, and the measured accuracy the README state
 
 import torch
 
-from harness.tf32_accuracy import accuracy
+from harness.bench.tf32_accuracy import accuracy
 from kernels.precision import project_tf32, tf32_error_bound, tf32_round, tf32_truncate
 
 LOW = (1 << 13) - 1  # the 13 mantissa bits tf32 drops

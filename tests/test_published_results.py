@@ -1,7 +1,7 @@
 """results/ lives in git and is read on other machines: no published file names a machine's folders.
 
 Every file under results/ is read: text files whole, Parquet tables cell by cell (string cells),
-and an absolute path (harness/published_paths.py's definition) anywhere fails the test with the
+and an absolute path (harness/analysis/published_paths.py's definition) anywhere fails the test with the
 file and the path. `publish` makes paths relative to the project as it copies; the files published
 before it did were rewritten once the same way.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.published_paths import (
+from harness.analysis.published_paths import (
     TEXT_SUFFIXES,
     find_absolute,
     relative,

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.cli import main
-from harness.data import iter_documents
+from harness.train.data import iter_documents
 from tests.test_data import WIKI
 from tests.test_readme import commands
 

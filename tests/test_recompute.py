@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.config import apply_overrides
-from harness.model import build_model, recompute_block
-from harness.presets import get_preset
-from harness.train import train
+from harness.core.config import apply_overrides
+from harness.core.presets import get_preset
+from harness.train.loop import train
+from harness.train.model import build_model, recompute_block
 
 VARIANTS = ["identity", "hc", "mhc", "mhc-lite"]
 

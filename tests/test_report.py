@@ -7,7 +7,7 @@ from matplotlib.colors import to_hex
 from report_helpers import full_report, keep_figures, legend_colours, tick_labels
 
 from harness.cli import main
-from harness.train import train
+from harness.train.loop import train
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_report_of_missing_experiment_is_one_line(tmp_path, capsys):
 def test_kernel_bandwidth_figure_draws_ops_against_the_copy_ceiling(tmp_path):
     import pandas as pd
 
-    from harness.plots import kernel_bandwidth
+    from harness.analysis.plots import kernel_bandwidth
 
     rows = [dict(op="copy", provider="torch", mode="fwd", tokens=0, unit="GB/s", value=30.0)]
     rows += [dict(op=op, provider=p, mode=m, tokens=t, unit="GB/s", value=t / 10)
@@ -85,7 +85,7 @@ def test_kernel_bandwidth_figure_draws_ops_against_the_copy_ceiling(tmp_path):
 def test_gap_vs_k_figure_draws_a_sweep_with_references_and_needs_two_finite_ks(tmp_path):
     import pandas as pd
 
-    from harness.plots import ds_gap_vs_k
+    from harness.analysis.plots import ds_gap_vs_k
 
     runs = pd.DataFrame([
         {"run": "k1", "variant.name": "mhc", "variant.sk_iters": 1, "variant.sk_mode": "paper"},
@@ -105,9 +105,9 @@ def test_gap_vs_k_figure_draws_a_sweep_with_references_and_needs_two_finite_ks(t
 def test_without_a_baseline_the_papers_mhc_setting_is_the_reference(tmp_path):
     from pathlib import Path
 
-    from harness.eval.table import Run, group_rows
-    from harness.presets import get_preset
-    from harness.report import loss_summary
+    from harness.analysis.report import loss_summary
+    from harness.analysis.table import Run, group_rows
+    from harness.core.presets import get_preset
 
     runs = []
     for k, losses in ((20, (3.00, 3.01, 3.02)), (1, (3.50, 3.52, 3.51)), (5, (2.9, 3.1, 3.05))):
@@ -126,7 +126,7 @@ def test_without_a_baseline_the_papers_mhc_setting_is_the_reference(tmp_path):
 
 def test_a_converged_sinkhorn_that_hit_its_cap_is_logged_recorded_and_reported(tiny_cfg, tmp_path):
     """sk_max_iters=1 with a tolerance no single round meets: the run must not pass as 'converged'."""
-    from harness.rundir import RunDir
+    from harness.core.rundir import RunDir
 
     result = train(tiny_cfg("variant.name=mhc", "variant.sk_mode=converged", "variant.sk_tol=1e-9",
                             "variant.sk_max_iters=1", "variant.res_init_offdiag=-1", "train.steps=2",
@@ -142,8 +142,7 @@ def test_a_converged_sinkhorn_that_hit_its_cap_is_logged_recorded_and_reported(t
 def test_publish_keeps_the_last_diagnostics_step_of_each_run_when_the_table_is_large(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    from harness import report
-
+    from harness.analysis import report
     exp = tmp_path / "runs" / "deep"
     (exp / "report").mkdir(parents=True)
     (exp / "report" / "report.md").write_text("# r\n")
@@ -178,8 +177,7 @@ def _metrics(order_train, order_val):
 
 
 def test_a_configuration_has_one_colour_in_both_loss_panels_and_every_figure(drawn, tmp_path):
-    from harness import plots
-
+    from harness.analysis import plots
     metrics = _metrics(["Baseline", "HC", "mHC"], ["mHC", "HC", "Baseline"])
     plots.loss_curves(metrics, tmp_path / "loss.png")
     train_ax, val_ax = drawn["loss.png"].axes[:2]
@@ -206,8 +204,7 @@ def _amax_diagnostics(gain):
 
 def test_amax_figure_tells_gains_near_one_apart(drawn, tmp_path):
     """mHC's gains sit within 1e-3 of 1: a log axis of the gain labels every tick "1"."""
-    from harness import plots
-
+    from harness.analysis import plots
     plots.amax_vs_depth(_amax_diagnostics(lambda a, b: 1 + 1e-4 * (1 + b - a)), tmp_path / "amax.png")
     for ax in drawn["amax.png"].axes:
         labels = tick_labels(ax)
@@ -218,8 +215,7 @@ def test_amax_figure_tells_gains_near_one_apart(drawn, tmp_path):
 def test_gap_vs_k_keeps_ablations_apart_from_the_k_points(drawn, tmp_path):
     import pandas as pd
 
-    from harness import plots
-
+    from harness.analysis import plots
     runs = pd.DataFrame([
         {"run": "k1", "label": "mHC (variant.sk_iters=1)", "variant.name": "mhc", "variant.sk_iters": 1, "variant.sk_mode": "paper", "variant.fixed": ""},
         {"run": "k20", "label": "mHC (variant.sk_iters=20)", "variant.name": "mhc", "variant.sk_iters": 20, "variant.sk_mode": "paper", "variant.fixed": ""},
@@ -240,8 +236,7 @@ def test_homogenisation_leaves_out_single_stream_runs(drawn, tmp_path):
     """A 1 x 1 composite is always 'uniform': n = 1 runs would sit at a trivial 0."""
     import pandas as pd
 
-    from harness import plots
-
+    from harness.analysis import plots
     runs = pd.DataFrame([{"run": "base", "label": "Baseline", "variant.name": "identity", "variant.n_streams": 0},
                          {"run": "m", "label": "mHC", "variant.name": "mhc", "variant.n_streams": 0},
                          {"run": "m1", "label": "mHC (variant.n_streams=1)", "variant.name": "mhc", "variant.n_streams": 1}])
@@ -257,8 +252,7 @@ def test_homogenisation_leaves_out_single_stream_runs(drawn, tmp_path):
 def test_eval_figure_puts_metrics_of_opposite_directions_on_their_own_axes(drawn, tmp_path):
     import pandas as pd
 
-    from harness import plots
-
+    from harness.analysis import plots
     rows = [dict(run=f"{lab}{seed}", label=lab, seed=seed, task=task, metric=metric, filter=filt, level="task",
                  value=v + 0.01 * seed, higher_is_better=metric != "bits_per_byte")
             for lab in ("Baseline", "mHC") for seed in (0, 1)
@@ -275,9 +269,9 @@ def fake_runs(spec: dict, *overrides: str) -> list:
     """Run records (no folders) of the tiny preset with `overrides`: {variant: per-seed losses}."""
     from pathlib import Path
 
-    from harness.config import apply_overrides
-    from harness.eval.table import Run
-    from harness.presets import get_preset
+    from harness.analysis.table import Run
+    from harness.core.config import apply_overrides
+    from harness.core.presets import get_preset
 
     runs = []
     for variant, losses in spec.items():
@@ -293,8 +287,8 @@ def test_heavy_tailed_seeds_get_a_rank_test_a_median_ci_holm_and_a_power_line():
     adjusted p, and one line says how many seeds the paper's gap would need at this spread."""
     from scipy import stats
 
-    from harness.eval.table import group_rows
-    from harness.report import loss_stats, loss_summary
+    from harness.analysis.report import loss_stats, loss_summary
+    from harness.analysis.table import group_rows
 
     base = [2.30, 2.28, 2.31, 2.29, 2.27, 2.30, 2.60, 2.29]
     spec = {"identity": base, "mhc": [b - 0.15 for b in base[:6]] + [2.13, 2.12],
@@ -317,7 +311,7 @@ def test_heavy_tailed_seeds_get_a_rank_test_a_median_ci_holm_and_a_power_line():
 
 def test_seeds_for_power_matches_the_textbook():
     """n per group for a two-sided two-sample t-test, alpha 0.05, power 0.8: d = 1 needs 17, d = 0.5 needs 64."""
-    from harness.stats import holm, seeds_for_power
+    from harness.analysis.stats import holm, seeds_for_power
 
     assert seeds_for_power(1.0, 1.0) == 17 and seeds_for_power(0.5, 1.0) == 64
     assert seeds_for_power(1e-6, 1.0) == float("inf") and seeds_for_power(0.1, float("nan")) != seeds_for_power(0.1, 1)
@@ -325,9 +319,9 @@ def test_seeds_for_power_matches_the_textbook():
 
 
 def test_a_report_refuses_to_pool_runs_that_differ_in_more_than_the_seed():
-    from harness.errors import UserError
-    from harness.eval.table import Row
-    from harness.report import loss_stats
+    from harness.analysis.report import loss_stats
+    from harness.analysis.table import Row
+    from harness.core.errors import UserError
 
     runs = fake_runs({"mhc": [2.3, 2.4]}) + fake_runs({"mhc": [2.2]}, "optim.lr=0.01")
     row = Row("mHC", "mhc", frozenset(), runs=runs)
@@ -339,10 +333,10 @@ def test_a_report_refuses_to_pool_runs_that_differ_in_more_than_the_seed():
 def test_headline_figure_shows_final_loss_with_its_ci_and_the_verdict(drawn, tmp_path):
     from pathlib import Path
 
-    from harness import plots
-    from harness.eval.table import Run, group_rows
-    from harness.presets import get_preset
-    from harness.report import loss_stats
+    from harness.analysis import plots
+    from harness.analysis.report import loss_stats
+    from harness.analysis.table import Run, group_rows
+    from harness.core.presets import get_preset
 
     runs = []
     for variant, losses in (("identity", (3.00, 3.01, 3.02)), ("hc", (3.50, 3.52, 3.51)), ("mhc", (2.9, 3.1, 3.05))):
@@ -415,9 +409,9 @@ def test_table4_leaves_out_the_gap_to_a_27b_model_at_a_tiny_scale(reported, caps
 
 
 def test_each_variant_at_its_own_lr_meets_the_one_baseline_but_an_lr_sweep_compares_at_equal_lr():
-    from harness.axes import swept_axes
-    from harness.eval.table import group_rows
-    from harness.report import loss_stats
+    from harness.analysis.axes import swept_axes
+    from harness.analysis.report import loss_stats
+    from harness.analysis.table import group_rows
 
     tuned = fake_runs({"identity": [2.34, 2.35, 2.33]}, "optim.lr=0.001") + fake_runs({"mhc": [2.29, 2.30, 2.28]}, "optim.lr=0.003")
     assert swept_axes(tuned) == []

@@ -1,4 +1,4 @@
-"""Run ids (harness/run_id.py): what they hash, that the pinned defaults are the code's, and that
+"""Run ids (harness/core/run_id.py): what they hash, that the pinned defaults are the code's, and that
 runs named before this scheme are found again (folders, manifests, published tables)."""
 
 import json
@@ -8,16 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.config import Config, apply_overrides
-from harness.presets import get_preset
-from harness.run_id import (
+from harness.core.config import Config, apply_overrides
+from harness.core.presets import get_preset
+from harness.core.run_id import (
     code_defaults,
     identifying,
     legacy_hash,
     pinned,
     run_id,
 )
-from harness.run_migration import migrate_tables
+from harness.core.run_migration import migrate_tables
 from variants.registry import variant_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +32,9 @@ def test_the_pinned_defaults_are_the_codes():
         current.update({k: v for k, v in code_defaults(Config, name).items() if ":" in k})
     changed = {k: (defaults[k], v) for k, v in current.items() if k in defaults and defaults[k] != v}
     assert not changed, (f"defaults changed since run-id version {version} (pinned, now): {changed}; add version "
-                         f"{version + 1} to {Path('harness/run_id_defaults.json')} rather than renaming every run")
+                         f"{version + 1} to {Path('harness/core/run_id_defaults.json')} rather than renaming every run")
     missing = sorted(set(current) - set(defaults))
-    assert not missing, f"append to harness/run_id_defaults.json (same version, ids unchanged): {missing}"
+    assert not missing, f"append to harness/core/run_id_defaults.json (same version, ids unchanged): {missing}"
 
 
 def test_the_id_hashes_only_differences_and_execution_fields_not_at_all():
@@ -46,7 +46,7 @@ def test_the_id_hashes_only_differences_and_execution_fields_not_at_all():
 
 
 def test_a_field_added_with_its_default_changes_no_id(monkeypatch):
-    import harness.run_id as rid
+    import harness.core.run_id as rid
 
     cfg = apply_overrides(get_preset("small"), ["variant.name=mhc"])
     before = run_id(cfg)
@@ -60,7 +60,7 @@ def test_a_field_added_with_its_default_changes_no_id(monkeypatch):
 
 
 def test_a_plain_run_folder_named_by_its_legacy_id_is_found_and_renamed(tiny_cfg):
-    from harness.train import train
+    from harness.train.loop import train
 
     first = train(tiny_cfg("train.steps=2", "train.eval_every=0", "train.diag_every=0"))
     cfg = tiny_cfg("train.steps=2", "train.eval_every=0", "train.diag_every=0")

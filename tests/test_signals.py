@@ -1,10 +1,10 @@
-"""Instability signals (harness/signals.py) on hand-made tables: each definition can fail."""
+"""Instability signals (harness/core/signals.py) on hand-made tables: each definition can fail."""
 
 import math
 
 import pandas as pd
 
-from harness import signals
+from harness.core import signals
 
 
 def metrics(losses, norms, val=(5.0, 3.0)):

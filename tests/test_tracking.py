@@ -1,4 +1,4 @@
-"""Live views of runs (harness/tracking.py, slurm/dispatch.py): TensorBoard event files, W&B
+"""Live views of runs (harness/train/tracking.py, slurm/dispatch.py): TensorBoard event files, W&B
 offline, the running status `grid status` shows, and a local grid's progress line."""
 
 import json
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from grid_helpers import cli, registered, write
 
-from harness.errors import UserError
-from harness.rundir import RunDir
-from harness.tracking import TENSORBOARD_DIR
+from harness.core.errors import UserError
+from harness.core.rundir import RunDir
+from harness.train.tracking import TENSORBOARD_DIR
 
 
 def scalars(run_path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -24,7 +24,7 @@ def scalars(run_path: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_tensorboard_events_hold_what_the_run_records(tiny_cfg, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = tiny_cfg("train.steps=6", "train.eval_every=3", "train.diag_every=3", "train.log_every=2",
                    "variant.name=mhc", "variant.n_streams=2", "run.tensorboard=true")
@@ -45,14 +45,14 @@ def test_tensorboard_events_hold_what_the_run_records(tiny_cfg, single_thread):
 
 
 def test_without_the_flag_no_event_files_are_written(tiny_cfg, single_thread):
-    from harness.train import train
+    from harness.train.loop import train
 
     result = train(tiny_cfg("train.steps=2", "train.diag_every=0"))
     assert not (result.run_dir / TENSORBOARD_DIR).exists()
 
 
 def test_tracking_fields_change_no_run_id(tiny_cfg):
-    from harness.config import apply_overrides
+    from harness.core.config import apply_overrides
 
     plain = tiny_cfg()
     tracked = apply_overrides(tiny_cfg(), ["run.tensorboard=true", "run.wandb=offline"])
@@ -67,7 +67,7 @@ def test_wandb_without_the_package_is_one_clear_refusal(tiny_cfg, tmp_path, monk
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     monkeypatch.delitem(sys.modules, "wandb", raising=False)
     from harness.cli import main
-    from harness.train import train
+    from harness.train.loop import train
 
     with pytest.raises(UserError, match=r"run.wandb=offline needs the wandb package.*pip install wandb"):
         train(tiny_cfg("run.wandb=offline"))
@@ -115,7 +115,7 @@ def test_wandb_offline_with_the_real_package_holds_what_the_run_records(tiny_cfg
     """The installed wandb package, offline: an interrupted and resumed run leaves two offline
     folders of one run id that `wandb sync` would upload into one W&B run; what they hold, later
     values winning, is metrics.parquet's train and validation losses step for step."""
-    from harness.train import train
+    from harness.train.loop import train
 
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
@@ -152,8 +152,7 @@ def test_wandb_offline_with_the_real_package_holds_what_the_run_records(tiny_cfg
 
 def test_a_running_status_holds_the_step_and_last_train_loss(tiny_cfg, monkeypatch, single_thread):
     """Between checkpoints the status is refreshed (here at every host read) with the last train loss."""
-    from harness import train as train_mod
-
+    from harness.train import loop as train_mod
     monkeypatch.setattr(train_mod, "STATUS_EVERY_S", 0.0)
     seen = []
     cfg = tiny_cfg("train.steps=4", "train.eval_every=2", "train.checkpoint_every=0", "train.diag_every=0")
@@ -249,7 +248,7 @@ def test_local_submit_ends_with_every_run_in_its_progress_line(tmp_path, data_ca
 def test_a_resumed_run_shows_each_step_once(tiny_cfg, single_thread):
     """Interrupted after step 3 with its checkpoint at step 2: the resumed run trains step 3 again;
     its event files then hold one value per step, the resumed run's, and keep step 2's."""
-    from harness.train import train
+    from harness.train.loop import train
 
     cfg = tiny_cfg("train.steps=5", "train.eval_every=3", "train.checkpoint_every=2", "train.log_every=1",
                    "train.diag_every=0", "run.tensorboard=true")

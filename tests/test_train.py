@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.train import adamw_options, lr_at, make_optimizer, train
+from harness.train.loop import train
+from harness.train.optim import adamw_options, lr_at, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,8 +78,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tiny_cfg, tmp_path):
 
 def nan_loss_from_step(monkeypatch, step: int) -> None:
     """From the `step`-th training forward on (1-based), the loss is NaN."""
-    from harness import model as model_mod
-
+    from harness.train import model as model_mod
     real_forward = model_mod.GPT.forward
     calls = {"n": 0}
 
@@ -117,7 +117,7 @@ def test_lr_schedule_step_decay(tiny_cfg):
 
 def test_checkpoint_of_format_1_with_scalar_alphas_still_resumes_exactly(tiny_cfg):
     """Runs saved before α became a 1-element vector (format 1, 0-d α and moments) keep working."""
-    from harness.checkpoint import load_checkpoint
+    from harness.core.checkpoint import load_checkpoint
     from harness.eval.loading import load_run
 
     opts = ("variant.name=mhc", "train.steps=10", "train.checkpoint_every=5")
@@ -193,7 +193,7 @@ def test_fused_adamw_on_cuda_only():
     assert adamw_options(torch.device("cpu")) == {}  # CPU keeps the implementation its bitwise resume was tested with
     model = torch.nn.Linear(3, 2)
     model.no_decay_parameters = lambda: {id(model.bias)}
-    from harness.presets import get_preset
+    from harness.core.presets import get_preset
 
     opt = make_optimizer(model, get_preset("tiny"))
     assert all(not g["fused"] and not g["foreach"] for g in opt.param_groups)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from harness.cli import main
-from harness.train import train
+from harness.train.loop import train
 
 CASES = {
     "identity": [],

@@ -71,8 +71,8 @@ def throwaway_variant(tmp_path, monkeypatch):
 
 
 def test_a_variant_in_a_new_module_gets_the_contract_and_leaves_run_ids_alone(throwaway_variant):
-    from harness.config import apply_overrides
-    from harness.presets import get_preset
+    from harness.core.config import apply_overrides
+    from harness.core.presets import get_preset
     from tests.test_config import RUN_IDS
 
     ran = []
@@ -98,12 +98,12 @@ def test_a_new_variant_is_labelled_coloured_and_benchmarked_from_its_own_file(th
 
     from matplotlib.colors import to_rgb
 
-    from harness import plots
-    from harness.bench_model import default_variants
-    from harness.config import apply_overrides
-    from harness.eval.table import Run, group_rows
-    from harness.presets import get_preset
-    from harness.report import loss_summary
+    from harness.analysis import plots
+    from harness.analysis.report import loss_summary
+    from harness.analysis.table import Run, group_rows
+    from harness.bench.model import default_variants
+    from harness.core.config import apply_overrides
+    from harness.core.presets import get_preset
 
     runs = [Run(Path(f"{v}-s{seed}"), apply_overrides(get_preset("tiny"), [f"variant.name={v}", f"train.seed={seed}"]).to_dict(),
                 2.3 + 0.01 * seed, None) for v in ("identity", throwaway_variant) for seed in range(3)]

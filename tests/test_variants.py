@@ -6,11 +6,11 @@ autocast, diagnostics, backend parity) is tests/test_variant_contract.py."""
 import pytest
 import torch
 
-from harness.config import VariantConfig
-from harness.errors import UserError
-from harness.model import build_model
-from harness.presets import get_preset
-from harness.train import make_optimizer
+from harness.core.config import VariantConfig
+from harness.core.errors import UserError
+from harness.core.presets import get_preset
+from harness.train.model import build_model
+from harness.train.optim import make_optimizer
 from variants.base import Mixing
 from variants.registry import build_variant, variant_names
 

@@ -31,11 +31,11 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.config import apply_overrides
-from harness.diagnostics import diagnostics_rows
-from harness.errors import UserError
-from harness.model import build_model
-from harness.presets import get_preset
+from harness.core.config import apply_overrides
+from harness.core.errors import UserError
+from harness.core.presets import get_preset
+from harness.train.diagnostics import diagnostics_rows
+from harness.train.model import build_model
 from variants.registry import VariantConfig, build_variant, get_variant_class
 
 VOCAB = 64

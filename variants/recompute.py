@@ -20,7 +20,7 @@ is the same graph, in the same order, as without recompute, so the gradients are
 same (tests/test_recompute.py). The one assumption: every F uses its input (attention and MLP do).
 
 What the backward needs is saved with `ctx.save_for_backward` (x_0 by Pre_0, y_k by Merge_k),
-so it is freed with the graph and counted like any other activation (harness/activation_memory.py);
+so it is freed with the graph and counted like any other activation (harness/bench/activation_memory.py);
 the block reaches it through weak references to those nodes.
 
 L_r. Per token the paper's model is nC·⌈L/L_r⌉ resident (block inputs) plus (n + 2)C·L_r

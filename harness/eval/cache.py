@@ -26,7 +26,7 @@ import json
 import re
 from pathlib import Path
 
-from harness.atomic import write_json, write_parquet
+from harness.core.atomic import write_json, write_parquet
 
 CACHE_DIR = "cache"  # under <run>/eval/
 DIGEST_NAME = "checkpoint.json"

@@ -2,7 +2,7 @@
 
 Whatever the corpus, the documents scored are the ones training never saw: those of
 data.val_files, else the last data.val_fraction, read by the same code that split them for
-training (`harness.data.split_documents`): WikiExtractor articles, Parquet rows, JSONL lines.
+training (`harness.train.data.split_documents`): WikiExtractor articles, Parquet rows, JSONL lines.
 A corpus of token shards has no text, so its validation tokens are decoded with the run's
 tokenizer and cut at each end-of-text token (shards used without a tokenizer file cannot be
 scored on text: one clear error). lm-eval then reads one {"page": ...} per line.
@@ -20,8 +20,8 @@ from typing import Iterator
 
 import numpy as np
 
-from harness.atomic import atomic_path
-from harness.errors import UserError
+from harness.core.atomic import atomic_path
+from harness.core.errors import UserError
 
 HELDOUT_DIR = "heldout"
 DECODE_CHUNK = 1 << 20  # tokens decoded at a time from a shard's validation tokens
@@ -29,7 +29,7 @@ DECODE_CHUNK = 1 << 20  # tokens decoded at a time from a shard's validation tok
 
 def heldout_file(cfg, run_dir: Path, shared: Path, limit: int | None) -> Path:
     """<shared>/heldout/<data>-<limit>.jsonl holding the run's validation documents (made if missing)."""
-    from harness.data import shard_dir
+    from harness.train.data import shard_dir
 
     path = Path(shared) / HELDOUT_DIR / f"{shard_dir(cfg).name}-{limit or 'all'}.jsonl"
     if not path.is_file():
@@ -46,7 +46,12 @@ def heldout_file(cfg, run_dir: Path, shared: Path, limit: int | None) -> Path:
 
 
 def _documents(cfg, run_dir: Path) -> Iterator[str]:
-    from harness.data import corpus_files, corpus_path, is_pretokenized, split_documents
+    from harness.train.data import (
+        corpus_files,
+        corpus_path,
+        is_pretokenized,
+        split_documents,
+    )
 
     corpus = corpus_path(cfg)
     files = corpus_files(corpus)
@@ -58,8 +63,8 @@ def _documents(cfg, run_dir: Path) -> Iterator[str]:
 
 def _decoded(cfg, run_dir: Path) -> Iterator[str]:
     """The shard corpus's validation tokens as text, one document per end-of-text token."""
-    from harness.data import open_shards, prepare
     from harness.eval.loading import tokenizer_candidates
+    from harness.train.data import open_shards, prepare
 
     opened = next((open_shards(d) for d in tokenizer_candidates(cfg, run_dir)[1:] if (d / "meta.json").is_file()), None)
     data = opened or prepare(cfg)

@@ -110,7 +110,7 @@ def site_dir(where: str | None = None) -> Path:
 
 def install(where: str | None = None) -> Path:
     """Write the start-up hook into `where` (default: this interpreter's site-packages)."""
-    from harness.atomic import write_text
+    from harness.core.atomic import write_text
 
     path = site_dir(where) / PTH_NAME
     write_text(path, PTH_LINE)

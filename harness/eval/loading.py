@@ -13,17 +13,17 @@ import copy
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from harness.config import Config, from_dict
-from harness.errors import UserError
-from harness.rundir import RunDir
+from harness.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from harness.core.config import Config, from_dict
+from harness.core.errors import UserError
+from harness.core.rundir import RunDir
 
 
 @dataclass
 class LoadedRun:
     run_dir: Path
     cfg: Config
-    model: object  # harness.model.GPT, in eval mode on `device`
+    model: object  # harness.train.model.GPT, in eval mode on `device`
     tokenizer: object  # ByteTokenizer | BPETokenizer | FileTokenizer
     step: int  # optimiser step of the checkpoint
     status: str  # status.json's status ("done", "stopped", ...), "" when absent
@@ -64,7 +64,7 @@ def read_status(run_dir: Path) -> str:
 def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:
     """Where the run's tokenizer may be: its shard folder as configured, or under the runs
     folder the run now sits in (the default cache is <runs_dir>/data)."""
-    from harness.data import shard_dir
+    from harness.train.data import shard_dir
 
     out = [Path(run_dir)]  # a tokenizer saved beside the run wins, should training ever do so
     try:
@@ -80,7 +80,7 @@ def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:
 
 def load_run_tokenizer(cfg: Config, run_dir: Path):
     """The tokenizer the run was trained with (the byte tokenizer needs no file)."""
-    from harness.tokenizer import (
+    from harness.train.tokenizer import (
         BPETokenizer,
         ByteTokenizer,
         FileTokenizer,
@@ -107,7 +107,7 @@ def load_run_tokenizer(cfg: Config, run_dir: Path):
 def rebuild(run_dir: Path):
     """(checkpoint state, config, model on the CPU with the checkpoint's weights, tokenizer) of a
     run folder's newest checkpoint: what evaluation and `mhc-bench export` both start from."""
-    from harness.model import build_model
+    from harness.train.model import build_model
 
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     cfg = from_dict(state["config"])
@@ -124,7 +124,7 @@ def rebuild(run_dir: Path):
 
 def load_run(run_dir, device: str = "auto") -> LoadedRun:
     """Model (eval mode, on `device`), tokenizer and config of one run folder."""
-    from harness.train import resolve_device
+    from harness.core.device import resolve_device
 
     run_dir = Path(run_dir).resolve()
     dev = resolve_device(device)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 from harness.eval.suites import MMLU_CATEGORIES, Suite
 
 TEMPLATES = Path(__file__).resolve().parent / "tasks"
@@ -40,7 +40,6 @@ def default_data_dir() -> Path:
     import os
 
     from harness import PROJECT_ROOT
-
     root = os.environ.get("MHC_BENCH_DATA") or PROJECT_ROOT.parent / "shared" / "data"
     return (Path(root).expanduser() / "eval").resolve()
 

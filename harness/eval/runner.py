@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from harness.atomic import write_parquet
-from harness.errors import UserError
+from harness.core.atomic import write_parquet
+from harness.core.errors import UserError
 from harness.eval.suites import Suite, parse_tasks
 
 EVALS_NAME = "evals.parquet"
@@ -129,10 +129,10 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
     read from or written to the cache, which identifies models by their checkpoint."""
     import pandas as pd
 
+    from harness.core.device import resolve_device
     from harness.eval import cache
     from harness.eval.loading import read_config
     from harness.eval.quiet import console as console_stream
-    from harness.train import resolve_device
 
     console = console_stream()  # before any redirection: stays on the terminal
     log = log or _printer(console)
@@ -148,7 +148,7 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
     if lm is None:
         from lm_eval import __version__ as lm_eval_version
 
-        from harness.checkpoint import CHECKPOINT_NAME
+        from harness.core.checkpoint import CHECKPOINT_NAME
 
         digest = cache.checkpoint_digest(run_dir / CHECKPOINT_NAME, cache_dir)
         code = cache.code_version()

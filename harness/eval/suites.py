@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Collection
 
-from harness.errors import UserError
+from harness.core.errors import UserError
 
 PREFIX = "mhc_"  # our lm-eval task names: mhc_bbh_<subtask>, mhc_mmlu_<subject>, mhc_gsm8k, ...
 
