@@ -54,6 +54,7 @@ from harness.core.config import Config, all_keys, flatten, set_value
 from harness.core.errors import UserError, did_you_mean
 from harness.core.presets import PRESETS, get_preset
 from slurm.experiment import MANIFEST, Experiment
+from variants.registry import build_variant, variant_names
 
 TOP_LEVEL = ("name", "description", "preset", "base", "axes", "slurm", "tune")
 SHORTHANDS = {"seed": "train.seed", "lr": "optim.lr", "steps": "train.steps"}
@@ -267,22 +268,40 @@ def load_grid(path, preset: str | None = None, overrides=(), experiment: str | N
     where experiments live (default: the preset's run.runs_dir, `runs/`). `extra` are typed
     settings applied last and `prefix` starts every run name (an Optuna trial's parameters).
     """
-    from variants.registry import build_variant, variant_names
-
     path = Path(path)
     text, doc = _read(path)
     where = str(path)
+    _check_top_level(doc, where)
+    axes_doc = dict(doc.get("axes", {}))
+    presets = _presets(preset, axes_doc.pop("preset", None), doc, where)
+    names = variant_names()
+    arms = _arms(axes_doc.pop("variant"), where, names) if "variant" in axes_doc else [_Arm("", {}, [], None)]
+    per_variant, global_axes = _other_axes(axes_doc, arms, names, where)
+    swept = {k for a in arms for k, _ in a.axes} | {k for ax in per_variant.values() for k, _ in ax} | {k for k, _ in global_axes}
+    cli = _cli_overrides(overrides, swept, path)
+    exp_name = _experiment_name(experiment, preset, doc, path)
+    root = Path(runs_dir) if runs_dir is not None else Path(get_preset(presets[0]).run.runs_dir)
+    root = root.expanduser().resolve()
+    exp_dir = root / exp_name
+    expansion = _Expansion(where, flatten(doc.get("base", {})), cli, extra or {}, prefix, len(presets) > 1, root, exp_dir)
+    runs = expansion.runs(presets, arms, per_variant, global_axes)
+    _adopt_folders(exp_dir, runs)
+    slurm = _slurm_table(doc, where)
+    return Grid(path.resolve(), text, exp_name, doc.get("description", ""), presets[0], exp_dir, runs, slurm,
+                doc.get("tune", {}), [preset, *sorted(cli.items())])
+
+
+def _check_top_level(doc: dict, where: str) -> None:
     for key in doc:
         if key not in TOP_LEVEL:
             raise UserError(f"{where}: unknown top-level key {key!r}{did_you_mean(key, TOP_LEVEL)}; allowed: {', '.join(TOP_LEVEL)}")
     for key, typ in (("name", str), ("description", str), ("preset", str), ("base", dict), ("axes", dict), ("slurm", dict), ("tune", dict)):
         if key in doc and not isinstance(doc[key], typ):
             raise UserError(f"{where}: {key} must be a {'table' if typ is dict else 'string'}, got {doc[key]!r}")
-    names = variant_names()
 
-    # --- presets (an axis of its own when listed)
-    axes_doc = dict(doc.get("axes", {}))
-    preset_axis = axes_doc.pop("preset", None)
+
+def _presets(preset: str | None, preset_axis, doc: dict, where: str) -> list[str]:
+    """The command line's preset, else the grid's preset axis, else its preset (an axis of its own when listed)."""
     if preset:
         presets = [preset]
     elif preset_axis is not None:
@@ -292,9 +311,11 @@ def load_grid(path, preset: str | None = None, overrides=(), experiment: str | N
     for p in presets:
         if p not in PRESETS:
             raise UserError(f"{where}: unknown preset {p!r}{did_you_mean(str(p), PRESETS)}; choose from {', '.join(PRESETS)}")
+    return presets
 
-    # --- arms, per-variant sub-axes and global axes
-    arms = _arms(axes_doc.pop("variant"), where, names) if "variant" in axes_doc else [_Arm("", {}, [], None)]
+
+def _other_axes(axes_doc: dict, arms: list, names, where: str) -> tuple[dict[str, list[tuple[str, list]]], list[tuple[str, list]]]:
+    """Per-variant sub-axes ({variant: [(key, values)]}, e.g. mhc.sk_iters) and global axes ([(key, values)])."""
     per_variant: dict[str, list[tuple[str, list]]] = {}
     global_axes: list[tuple[str, list]] = []
     for key, values in flatten(axes_doc).items():
@@ -315,8 +336,11 @@ def load_grid(path, preset: str | None = None, overrides=(), experiment: str | N
         if dotted.startswith("variant.name"):
             raise UserError(f"{at}: sweep variants with axes.variant = [...]")
         global_axes.append((dotted, _values(dotted, values, where)))
+    return per_variant, global_axes
 
-    base = flatten(doc.get("base", {}))
+
+def _cli_overrides(overrides, swept: set[str], path: Path) -> dict[str, str]:
+    """--set key=value pairs; a swept key is refused (edit the axis instead)."""
     cli = {}
     for item in overrides or ():
         if "=" not in item:
@@ -324,66 +348,84 @@ def load_grid(path, preset: str | None = None, overrides=(), experiment: str | N
         key, value = (s.strip() for s in item.split("=", 1))
         _check_key(key, "--set")
         cli[key] = value
-    swept = {k for a in arms for k, _ in a.axes} | {k for _, ax in per_variant.items() for k, _ in ax} | {k for k, _ in global_axes}
     for key in cli:
         if key in swept:
             raise UserError(f"--set {key}: {path} sweeps {key} as an axis; edit the axis instead")
+    return cli
 
+
+def _experiment_name(experiment: str | None, preset: str | None, doc: dict, path: Path) -> str:
     exp_name = experiment or doc.get("name") or path.stem
     if preset and not experiment:
         exp_name = f"{exp_name}-{preset}"  # another preset is another experiment
     if not exp_name or "/" in exp_name or exp_name.startswith("."):
-        raise UserError(f"{where}: experiment name {exp_name!r} must be a plain folder name")
-    root = Path(runs_dir) if runs_dir is not None else Path(get_preset(presets[0]).run.runs_dir)
-    root = root.expanduser().resolve()
-    exp_dir = root / exp_name
+        raise UserError(f"{path}: experiment name {exp_name!r} must be a plain folder name")
+    return exp_name
 
-    runs, seen = [], {}
-    for p in presets:
-        for arm in arms:
-            arm_axes = arm.axes + per_variant.get(arm.variant, [])
-            all_axes = arm_axes + global_axes
-            for combo in itertools.product(*(vals for _, vals in all_axes)):
-                cfg = get_preset(p)
-                for key, value in base.items():
-                    _set(cfg, key, value, f"{where}: [base]")
-                for key, value in cli.items():
-                    _set(cfg, key, value, "--set")
-                settings = dict(arm.fixed)
-                settings.update({k: v for (k, _), v in zip(all_axes, combo)})
-                for key, value in settings.items():
-                    _set(cfg, key, value, f"{where}: [axes]")
-                for key, value in (extra or {}).items():
-                    _set(cfg, key, value, f"{where}: [tune]")
-                settings.update(extra or {})
-                parts = ([prefix] if prefix else []) + ([p] if len(presets) > 1 else []) + ([arm.label] if arm.label else [])
-                parts += [f"{_leaf(k)}={_fmt(v)}" for (k, vals), v in zip(all_axes, combo)
-                          if (k, vals) in arm_axes or len(vals) > 1]
-                name = "-".join(parts) or p
-                run_where = f"{where}: run {name}"
-                try:
-                    cfg.validate()
-                    build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
-                except UserError as e:
-                    raise UserError(f"{run_where}: {e}") from None
-                run_id = cfg.config_hash()
-                if run_id in seen:
-                    raise UserError(f"{where}: runs {seen[run_id]!r} and {name!r} have the same config (id {run_id}); "
-                                    "remove the duplicate arm or axis value")
-                seen[run_id] = name
-                _localise(cfg, root, exp_dir, f"{name}-{run_id}")
-                settings = {"preset": p, **settings}
-                runs.append(Run(run_id, name, cfg, settings, arm.label or cfg.variant.name))
 
-    _adopt_folders(exp_dir, runs)
+@dataclass
+class _Expansion:
+    """Turns presets x arms x axes into runs: each a validated config, a readable name and its id."""
+
+    where: str
+    base: dict
+    cli: dict
+    extra: dict  # typed settings applied last (a trial's parameters)
+    prefix: str
+    several_presets: bool
+    root: Path
+    exp_dir: Path
+
+    def runs(self, presets: list[str], arms: list, per_variant: dict, global_axes: list) -> list[Run]:
+        runs, seen = [], {}
+        for p in presets:
+            for arm in arms:
+                arm_axes = arm.axes + per_variant.get(arm.variant, [])
+                all_axes = arm_axes + global_axes
+                for combo in itertools.product(*(vals for _, vals in all_axes)):
+                    run = self.run(p, arm, arm_axes, all_axes, combo)
+                    if run.id in seen:
+                        raise UserError(f"{self.where}: runs {seen[run.id]!r} and {run.name!r} have the same config "
+                                        f"(id {run.id}); remove the duplicate arm or axis value")
+                    seen[run.id] = run.name
+                    runs.append(run)
+        return runs
+
+    def run(self, p: str, arm, arm_axes: list, all_axes: list, combo: tuple) -> Run:
+        where = self.where
+        cfg = get_preset(p)
+        for key, value in self.base.items():
+            _set(cfg, key, value, f"{where}: [base]")
+        for key, value in self.cli.items():
+            _set(cfg, key, value, "--set")
+        settings = dict(arm.fixed)
+        settings.update({k: v for (k, _), v in zip(all_axes, combo)})
+        for key, value in settings.items():
+            _set(cfg, key, value, f"{where}: [axes]")
+        for key, value in self.extra.items():
+            _set(cfg, key, value, f"{where}: [tune]")
+        settings.update(self.extra)
+        parts = ([self.prefix] if self.prefix else []) + ([p] if self.several_presets else []) + ([arm.label] if arm.label else [])
+        parts += [f"{_leaf(k)}={_fmt(v)}" for (k, vals), v in zip(all_axes, combo) if (k, vals) in arm_axes or len(vals) > 1]
+        name = "-".join(parts) or p
+        try:
+            cfg.validate()
+            build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
+        except UserError as e:
+            raise UserError(f"{where}: run {name}: {e}") from None
+        run_id = cfg.config_hash()
+        _localise(cfg, self.root, self.exp_dir, f"{name}-{run_id}")
+        return Run(run_id, name, cfg, {"preset": p, **settings}, arm.label or cfg.variant.name)
+
+
+def _slurm_table(doc: dict, where: str) -> dict:
     slurm = dict(doc.get("slurm", {}))
     for key, value in slurm.items():
         if key not in SLURM_KEYS:
             raise UserError(f"{where}: [slurm] unknown option {key!r}{did_you_mean(key, SLURM_KEYS)}; allowed: {', '.join(SLURM_KEYS)}")
         if not isinstance(value, SLURM_KEYS[key]) or isinstance(value, bool):
             raise UserError(f"{where}: [slurm] {key} = {value!r} has the wrong type")
-    return Grid(path.resolve(), text, exp_name, doc.get("description", ""), presets[0], exp_dir, runs, slurm,
-                doc.get("tune", {}), [preset, *sorted(cli.items())])
+    return slurm
 
 
 def _adopt_folders(exp_dir: Path, runs: list[Run]) -> None:

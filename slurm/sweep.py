@@ -238,118 +238,157 @@ def sweep(grid_path, *, cluster: str, res, trials: int | None = None, parallel: 
           storage: str | None = None, load_kwargs: dict | None = None, output=None, out=None,
           poll_s: float | None = None) -> dict:
     """Run (or continue) one study per arm until each has `trials` finished trials; export the best."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from slurm.dispatch import Dispatcher, check_request, freeze_code, plan_submission
-
     load_kwargs = dict(load_kwargs or {})
-    grid = load_grid(grid_path, **load_kwargs)
-    s = _settings(grid, trials, parallel)
-    arms = _study_arms(grid)
-    if not any(k.split(".")[0] in ("train", "model") for k in s["space"]):  # else each trial's runs are checked
-        check_request(grid.runs, res, cluster)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    exp = Experiment(grid.exp_dir)
-    exp.register(grid, runs=[])
-    url = storage_url(storage, exp.path)
-    store = open_storage(url)
-    studies = {arm: optuna.create_study(study_name=study_name(grid, arm), storage=store, direction=s["direction"],
-                                        pruner=make_pruner(s["pruner"]), load_if_exists=True)
-               for arm in arms}
+    sw = _Sweep(grid_path, cluster, res, trials, parallel, storage, load_kwargs, out)
+    sw.resume_running()
+    poll_s = poll_s if poll_s is not None else (0.5 if cluster != "slurm" else 5.0)
+    while sw.unfinished() or sw.in_flight:
+        sw.fill()
+        sw.dispatcher.poll()
+        sw.tell_finished()
+        if sw.in_flight:
+            time.sleep(poll_s)
+    return export_best(grid_path, storage=storage, load_kwargs=load_kwargs, output=output, out=out)
 
-    def seeded(arm: str, number: int):
+
+class _Sweep:
+    """One Optuna study per arm, its trials submitted as grid runs through the dispatcher; the
+    loop in `sweep` keeps `parallel` trials in flight, round-robin over the arms."""
+
+    def __init__(self, grid_path, cluster: str, res, trials, parallel, storage, load_kwargs: dict, out):
+        import optuna
+
+        from slurm.dispatch import Dispatcher, check_request, freeze_code
+
+        self.grid_path, self.cluster, self.res, self.load_kwargs, self.out = grid_path, cluster, res, load_kwargs, out
+        self.grid = grid = load_grid(grid_path, **load_kwargs)
+        self.s = s = _settings(grid, trials, parallel)
+        self.arms = arms = _study_arms(grid)
+        if not any(k.split(".")[0] in ("train", "model") for k in s["space"]):  # else each trial's runs are checked
+            check_request(grid.runs, res, cluster)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.exp = Experiment(grid.exp_dir)
+        self.exp.register(grid, runs=[])
+        self.url = storage_url(storage, self.exp.path)
+        store = open_storage(self.url)
+        self.studies = {arm: optuna.create_study(study_name=study_name(grid, arm), storage=store, direction=s["direction"],
+                                                 pruner=make_pruner(s["pruner"]), load_if_exists=True)
+                        for arm in arms}
+        self.dispatcher = Dispatcher(self.exp, cluster, res, freeze_code(self.exp) if cluster != "debug" else None)
+        self.in_flight: dict[tuple[str, int], tuple] = {}
+        counts = {arm: sum(1 for r in grid.runs if r.arm == arm) for arm in arms}
+        per_arm = str(counts[arms[0]]) if len(set(counts.values())) == 1 else "/".join(map(str, counts.values()))
+        print(f"sweep {grid.name!r}: {len(arms)} stud{'y' if len(arms) == 1 else 'ies'} ({', '.join(arms)}) in {self.url}  "
+              f"({s['metric']}, {s['direction']}; {per_arm} run(s) per trial; pruner {s['pruner']['name']})", file=out, flush=True)
+
+    def seeded(self, arm: str, number: int):
         """The arm's study with its sampler seeded for trial `number` (see trial_seed)."""
-        studies[arm].sampler = s["sampler"](seed=trial_seed(s["seed"], arms.index(arm), number))
-        return studies[arm]
-    code = freeze_code(exp) if cluster != "debug" else None
-    dispatcher = Dispatcher(exp, cluster, res, code)
-    counts = {arm: sum(1 for r in grid.runs if r.arm == arm) for arm in arms}
-    per_arm = str(counts[arms[0]]) if len(set(counts.values())) == 1 else "/".join(map(str, counts.values()))
-    print(f"sweep {grid.name!r}: {len(arms)} stud{'y' if len(arms) == 1 else 'ies'} ({', '.join(arms)}) in {url}  "
-          f"({s['metric']}, {s['direction']}; {per_arm} run(s) per trial; pruner {s['pruner']['name']})", file=out, flush=True)
+        self.studies[arm].sampler = self.s["sampler"](seed=trial_seed(self.s["seed"], self.arms.index(arm), number))
+        return self.studies[arm]
 
-    def launch(arm: str, trial) -> tuple | None:
+    def launch(self, arm: str, trial) -> tuple | None:
         """Submit the arm's runs with the trial's values; each job carries what it needs to prune.
 
         A trial left running by an interrupted sweep keeps the values it drew (any it had not yet
         drawn are drawn now). A trial whose runs the resources cannot train fails without a job."""
-        values = suggest(trial, s["space"])
-        g = load_grid(grid_path, extra=values, prefix=f"t{trial.number}", **load_kwargs)
+        from optuna.trial import TrialState
+
+        from slurm.dispatch import check_request, plan_submission
+
+        values = suggest(trial, self.s["space"])
+        g = load_grid(self.grid_path, extra=values, prefix=f"t{trial.number}", **self.load_kwargs)
         runs = [r for r in g.runs if r.arm == arm]
         try:
-            check_request(runs, res, cluster)
+            check_request(runs, self.res, self.cluster)
         except UserError as e:
-            studies[arm]._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
-            studies[arm].tell(trial.number, state=TrialState.FAIL)
-            print(f"{arm} trial {trial.number}: {_fmt_values(values)}  failed before submission: {e}", file=out, flush=True)
+            self.studies[arm]._storage.set_trial_user_attr(trial._trial_id, "error", str(e))
+            self.studies[arm].tell(trial.number, state=TrialState.FAIL)
+            print(f"{arm} trial {trial.number}: {_fmt_values(values)}  failed before submission: {e}", file=self.out, flush=True)
             return None
-        exp.register(g, runs=runs)
-        todo, skipped = plan_submission(exp, runs)
-        jobs = exp.last_jobs()
-        sched = scheduler_states(exp.path, {r.id: jobs[r.id] for r, _ in skipped if r.id in jobs})
-        common = {"storage": url, "study": study_name(grid, arm), "trial_id": trial._trial_id, "pruner": s["pruner"]}
+        self.exp.register(g, runs=runs)
+        todo, skipped = plan_submission(self.exp, runs)
+        name = study_name(self.grid, arm)
+        common = {"storage": self.url, "study": name, "trial_id": trial._trial_id, "pruner": self.s["pruner"]}
         extra = {r.id: {"sweep": {**common, "report": i == 0}} for i, r in enumerate(runs)}
-        handles = dispatcher.submit(todo, note={"study": study_name(grid, arm), "trial": trial.number}, extra=extra)
+        handles = self.dispatcher.submit(todo, note={"study": name, "trial": trial.number}, extra=extra)
+        handles += self.follow(skipped)
+        print(f"{arm} trial {trial.number}: {_fmt_values(values)}  ({len(todo)} run(s) submitted, {len(skipped)} reused)",
+              file=self.out, flush=True)
+        return trial._trial_id, handles
+
+    def follow(self, skipped) -> list:
+        """Handles for runs an earlier submission owns: their live SLURM job, else their folder."""
+        jobs = self.exp.last_jobs()
+        sched = scheduler_states(self.exp.path, {r.id: jobs[r.id] for r, _ in skipped if r.id in jobs})
+        handles = []
         for run, _why in skipped:
             cluster_, job_id = jobs.get(run.id, ("", ""))
             job = None
             if cluster_ == "slurm" and sched.get(job_id, "").split(" ")[0] in ACTIVE_JOB_STATES:
                 import submitit
 
-                job = submitit.SlurmJob(folder=exp.path / "logs" / "%j", job_id=job_id)
+                job = submitit.SlurmJob(folder=self.exp.path / "logs" / "%j", job_id=job_id)
             handles.append(_Followed(run, job))
-        print(f"{arm} trial {trial.number}: {_fmt_values(values)}  ({len(todo)} run(s) submitted, {len(skipped)} reused)",
-              file=out, flush=True)
-        return trial._trial_id, handles
+        return handles
 
-    def finished(arm: str) -> int:
-        return len(studies[arm].get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+    def finished(self, arm: str) -> int:
+        from optuna.trial import TrialState
 
-    in_flight = {}
-    for arm in arms:  # trials left running by an earlier, interrupted sweep: their finished runs are reused
-        for t in studies[arm].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if (launched := launch(arm, optuna.trial.Trial(seeded(arm, t.number), t._trial_id))) is not None:
-                in_flight[(arm, t.number)] = launched
-    poll_s = poll_s if poll_s is not None else (0.5 if cluster != "slurm" else 5.0)
+        return len(self.studies[arm].get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
 
-    def wanted(arm: str) -> int:
-        return s["trials"] - finished(arm) - sum(1 for a, _ in in_flight if a == arm)
+    def unfinished(self) -> bool:
+        return any(self.finished(arm) < self.s["trials"] for arm in self.arms)
 
-    while any(finished(arm) < s["trials"] for arm in arms) or in_flight:
-        while len(in_flight) < s["parallel"]:
-            open_arms = [a for a in arms if wanted(a) > 0]
+    def wanted(self, arm: str) -> int:
+        return self.s["trials"] - self.finished(arm) - sum(1 for a, _ in self.in_flight if a == arm)
+
+    def resume_running(self) -> None:
+        """Trials left running by an earlier, interrupted sweep: their finished runs are reused."""
+        import optuna
+        from optuna.trial import TrialState
+
+        for arm in self.arms:
+            for t in self.studies[arm].get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if (launched := self.launch(arm, optuna.trial.Trial(self.seeded(arm, t.number), t._trial_id))) is not None:
+                    self.in_flight[(arm, t.number)] = launched
+
+    def fill(self) -> None:
+        """Ask new trials until `parallel` are in flight, the arm with the most left first."""
+        while len(self.in_flight) < self.s["parallel"]:
+            open_arms = [a for a in self.arms if self.wanted(a) > 0]
             if not open_arms:
                 break
-            arm = max(open_arms, key=wanted)  # round-robin over the arms
-            trial = seeded(arm, len(studies[arm].get_trials(deepcopy=False))).ask()  # the next trial's number
-            if (launched := launch(arm, trial)) is not None:
-                in_flight[(arm, trial.number)] = launched
-        dispatcher.poll()
-        for (arm, number), (trial_id, handles) in list(in_flight.items()):
-            if not all(h.done() for h in handles):
-                continue
-            outs = [h.outcome() for h in handles]
-            del in_flight[(arm, number)]
-            study = studies[arm]
-            bad = [o for o in outs if o.get("status") not in ("done", "pruned")
-                   or (o.get("status") == "done" and o.get(s["metric"]) is None)]
-            if bad:
-                why = "; ".join(f"{o.get('name')}: {o.get('status')}" + (f" ({o['error']})" if o.get("error") else "") for o in bad)
-                study._storage.set_trial_user_attr(trial_id, "error", why)
-                study.tell(number, state=TrialState.FAIL)
-                print(f"{arm} trial {number}: failed: {why}", file=out, flush=True)
-            elif any(o.get("status") == "pruned" for o in outs):
-                study.tell(number, state=TrialState.PRUNED)
-                at = max(o.get("step") or 0 for o in outs)
-                print(f"{arm} trial {number}: pruned at step {at}", file=out, flush=True)
-            else:
-                value = statistics.fmean(o[s["metric"]] for o in outs)
-                study.tell(number, value)
-                print(f"{arm} trial {number}: {s['metric']} {value:.4f}", file=out, flush=True)
-        if in_flight:
-            time.sleep(poll_s)
-    return export_best(grid_path, storage=storage, load_kwargs=load_kwargs, output=output, out=out)
+            arm = max(open_arms, key=self.wanted)  # round-robin over the arms
+            trial = self.seeded(arm, len(self.studies[arm].get_trials(deepcopy=False))).ask()  # the next trial's number
+            if (launched := self.launch(arm, trial)) is not None:
+                self.in_flight[(arm, trial.number)] = launched
+
+    def tell_finished(self) -> None:
+        """Each trial whose runs all ended: failed, pruned, or its metric averaged over its runs."""
+        for (arm, number), (trial_id, handles) in list(self.in_flight.items()):
+            if all(h.done() for h in handles):
+                del self.in_flight[(arm, number)]
+                self.tell(arm, number, trial_id, [h.outcome() for h in handles])
+
+    def tell(self, arm: str, number: int, trial_id, outs: list[dict]) -> None:
+        from optuna.trial import TrialState
+
+        metric, study, out = self.s["metric"], self.studies[arm], self.out
+        bad = [o for o in outs if o.get("status") not in ("done", "pruned")
+               or (o.get("status") == "done" and o.get(metric) is None)]
+        if bad:
+            why = "; ".join(f"{o.get('name')}: {o.get('status')}" + (f" ({o['error']})" if o.get("error") else "") for o in bad)
+            study._storage.set_trial_user_attr(trial_id, "error", why)
+            study.tell(number, state=TrialState.FAIL)
+            print(f"{arm} trial {number}: failed: {why}", file=out, flush=True)
+        elif any(o.get("status") == "pruned" for o in outs):
+            study.tell(number, state=TrialState.PRUNED)
+            at = max(o.get("step") or 0 for o in outs)
+            print(f"{arm} trial {number}: pruned at step {at}", file=out, flush=True)
+        else:
+            value = statistics.fmean(o[metric] for o in outs)
+            study.tell(number, value)
+            print(f"{arm} trial {number}: {metric} {value:.4f}", file=out, flush=True)
 
 
 def export_best(grid_path, *, storage: str | None = None, load_kwargs: dict | None = None, output=None, out=None) -> dict:

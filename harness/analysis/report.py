@@ -372,30 +372,53 @@ def _common_config(per_run) -> tuple[dict, list[str]]:
 
 def build_report(experiment, runs_dir: str = "runs") -> Path:
     """Write <experiment>/report/{report.md, report.html, *.png}; returns the report.md path."""
-    from harness.analysis import axes, plots
-    from harness.core.rundir import now
-
     experiment = experiment_dir(experiment, runs_dir)
     rows, per_run, runs, tables, left_out = load(experiment)
     out = experiment / "report"
     out.mkdir(parents=True, exist_ok=True)
-    env = {}
-    env_file = per_run[0]["path"] / "env.json"
-    if env_file.is_file():
-        env = json.loads(env_file.read_text())
     all_runs = [run for row in rows for run in row.runs]
     # one colour per configuration in every figure, the swept-axis series included
     palette = plots.palette([row.label for row in rows] + [label for axis in axes.swept_axes(all_runs)
                                                            for label in axes.series_labels(all_runs, axis)])
     doc = Doc(f"mhc-bench report: {experiment.name}")
+    _preamble(doc, experiment, per_run, rows, left_out + capped_runs(tables["diagnostics"]))
+    _which_trained_best(doc, rows, out, palette)
+    _predicted_vs_actual(doc, experiment, rows)
+    axis_figures, focus_runs = _axis_sections(doc, all_runs, out)
+    if focus_runs is not None:  # per-step figures of one setting of the axis, not a line per depth
+        tables = {k: v[v["run"].isin(focus_runs)] if "run" in v else v for k, v in tables.items()}
+    _paper_layouts(doc, experiment, out)
+    figures = axis_figures + _run_figures(tables, runs) + _cost_section(doc, bench_tables(experiment))
+    doc.h2("Figures")
+    for name, draw, caption in figures:
+        path = draw(out / name, palette)
+        if path is not None:
+            doc.figure(path, caption)
+    common, varying = _common_config(per_run)
+    doc.h2("Configuration")
+    doc.p("Varied across runs: " + (", ".join(varying) or "nothing") + ".")
+    doc.table(["setting (the same in every run)", "value"], [[k, repr(v)] for k, v in common.items()], wrap=True)
+    write_text(out / "report.html", doc.page())
+    write_text(out / "report.md", doc.markdown())
+    return out / "report.md"
+
+
+def _preamble(doc, experiment: Path, per_run, rows, notes: list[str]) -> None:
+    """What the report covers, what was left out, and the hardware and versions of its first run."""
+    env = {}
+    env_file = per_run[0]["path"] / "env.json"
+    if env_file.is_file():
+        env = json.loads(env_file.read_text())
     doc.p(f"{len(per_run)} runs in {len(rows)} configurations; written {now()} from the experiment folder "
           f"{experiment.name}/ of the runs directory.")
-    for note in left_out + capped_runs(tables["diagnostics"]):
+    for note in notes:
         doc.p(note)
     doc.p(f"Hardware and versions: {env.get('device_name', '?')} ({env.get('device', '?')}), host {env.get('host', '?')}; "
           f"python {env.get('python', '?')}, torch {env.get('torch', '?')}, triton {env.get('triton', '?')}; "
           f"code {str(env.get('git_commit'))[:12]}{' (uncommitted changes)' if env.get('git_dirty') else ''}.")
 
+
+def _which_trained_best(doc, rows, out: Path, palette) -> None:
     doc.h2("Which residual connection trained best?")
     stats = loss_stats(rows)
     header, body, notes = loss_summary(rows, stats)
@@ -406,15 +429,10 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
                              f"{header[4].removeprefix('Δ vs ')} (Welch's t-test, Holm-adjusted over the report).")
     doc.table(header, body, notes)
 
-    _predicted_vs_actual(doc, experiment, rows)
 
-    axis_figures, focus_runs = _axis_sections(doc, all_runs, out)
-    if focus_runs is not None:  # per-step figures of one setting of the axis, not a line per depth
-        tables = {k: v[v["run"].isin(focus_runs)] if "run" in v else v for k, v in tables.items()}
-
-    _paper_layouts(doc, experiment, out)
-
-    figures = [
+def _run_figures(tables: dict, runs) -> list[tuple]:
+    """(file name, draw(path, palette), caption) of the per-step and diagnostics figures."""
+    return [
         ("loss.png", lambda p, c: plots.loss_curves(tables["metrics"], p, palette=c), "Training and validation loss vs tokens (mean and 95% band over seeds)."),
         ("grad_norm.png", lambda p, c: plots.grad_norms(tables["metrics"], p, palette=c), "Gradient norm before clipping."),
         ("amax.png", lambda p, c: plots.amax_vs_depth(tables["diagnostics"], p, palette=c),
@@ -431,11 +449,12 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
         ("evals.png", lambda p, c: plots.eval_scores(tables["evals"], p, palette=c),
          "Evaluation scores, a panel per benchmark: accuracy / exact match / F1 (higher is better) first, bits per byte (lower is better) after."),
     ]
-    figures = axis_figures + figures
-    bench = bench_tables(experiment)
-    if not bench["model"].empty:
-        from harness.bench.model import summary_notes, timing_table
 
+
+def _cost_section(doc, bench: dict) -> list[tuple]:
+    """The step-time tables of `bench model` results saved in the experiment; their figures."""
+    figures = []
+    if not bench["model"].empty:
         doc.h2("What does it cost? (training-step time)")
         timed = bench["model"][bench["model"].metric != "skipped"]
         if timed.empty:
@@ -455,19 +474,7 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
                     ("throughput.png", lambda p, c: plots.throughput_bars(bench["model"], p), "Training throughput.")]
     if not bench["kernels"].empty:
         figures.append(("kernels.png", lambda p, c: plots.kernel_bandwidth(bench["kernels"], p), "Kernel bandwidth vs size against the copy ceiling."))
-    doc.h2("Figures")
-    for name, draw, caption in figures:
-        path = draw(out / name, palette)
-        if path is not None:
-            doc.figure(path, caption)
-
-    common, varying = _common_config(per_run)
-    doc.h2("Configuration")
-    doc.p("Varied across runs: " + (", ".join(varying) or "nothing") + ".")
-    doc.table(["setting (the same in every run)", "value"], [[k, repr(v)] for k, v in common.items()], wrap=True)
-    write_text(out / "report.html", doc.page())
-    write_text(out / "report.md", doc.markdown())
-    return out / "report.md"
+    return figures
 
 
 def _predicted_vs_actual(doc, experiment: Path, rows) -> None:

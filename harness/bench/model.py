@@ -293,63 +293,18 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
     tiny's steps then timed an output layer 25x its real one.)"""
     import pandas as pd
 
-    from harness.core.rundir import environment
-
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     allow_compiled_cases(cases)
+    bench = _Timing(cases, device, log)
     ceilings = measure_ceilings(device, dtype)
-    steppers, peaks, skipped = [], [], {}
-
-    def drop(i: int, reason: str) -> None:
-        skipped[i], steppers[i] = reason, None
-        log(f"skipping {cases[i].variant}/{cases[i].backend}: {reason}")
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    for i, case in enumerate(cases):
-        steppers.append(None)
-        peaks.append(None)
-        if case.skip:
-            drop(i, case.skip)
-            continue
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
-        try:
-            steppers[i] = Stepper(case, device, vocab or tokenizer_vocab(case.cfg))
-            for _ in range(warmup):  # includes torch.compile's first compilation
-                steppers[i].step()
-            _sync(device)
-        except Exception as e:
-            reason = skip_reason(case, e)
-            if reason is None:
-                raise
-            drop(i, reason)
-            continue
-        peaks[i] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    times: list[list[float]] = [[] for _ in cases]
+    bench.warm_up(warmup, vocab)
     for r in range(rounds):
         now = measure_ceilings(device, dtype)  # interleaved with the cases: the best of all rounds is the ceiling
         ceilings = {k: max(v, now[k]) for k, v in ceilings.items()}
-        for i, s in enumerate(steppers):
-            if s is None:
-                continue
-            try:
-                _sync(device)
-                t0 = time.perf_counter()
-                for _ in range(steps_per_round):
-                    s.step()
-                _sync(device)
-            except Exception as e:
-                reason = skip_reason(cases[i], e)
-                if reason is None:
-                    raise
-                drop(i, reason)
-                continue
-            times[i].append((time.perf_counter() - t0) / steps_per_round)
+        bench.time_round(steps_per_round)
         log(f"round {r + 1}/{rounds} done")
     if profile_top > 0:
-        for case, s in zip(cases, steppers):
+        for case, s in zip(cases, bench.steppers):
             if s is not None:
                 profile_out(f"\n== {case.preset} d={case.d_model} n={s.n_streams} {case.variant} / {case.backend}: "
                             f"one training step, top {profile_top} operators by self time\n"
@@ -357,35 +312,96 @@ def run_bench(cases: list[Case], device: torch.device, rounds: int, steps_per_ro
     log(f"ceilings on {device} (best of {rounds + 1} measurements between the rounds): copy "
         f"{ceilings['copy_bytes_per_s'] / 1e9:.1f} GB/s, matmul {ceilings['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s "
         f"({str(dtype).split('.')[-1]})")
-
-    env = environment(device)
-    peer_version = package_version() or ""
-    rows = []
-    for i, (case, s, ts, peak) in enumerate(zip(cases, steppers, times, peaks)):
-        base = dict(case=i, preset=case.preset, variant=case.variant, backend=case.backend, d_model=case.d_model,
-                    n_streams=s.n_streams if s else declared_streams(case), n_layer=case.cfg.model.n_layer,
-                    seq_len=case.cfg.model.seq_len, batch_size=case.cfg.train.batch_size,
-                    vocab=s.model.vocab_size if s else -1,
-                    n_params=s.n_params if s else -1, dtype=str(dtype).split(".")[-1],
-                    device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
-                    threads=torch.get_num_threads(), cpu_kernels=env["cpu_kernels"], peer=PACKAGE if case.is_peer else "", peer_version=peer_version if case.is_peer else "",
-                    rounds=rounds, steps_per_round=steps_per_round, note=s.note if s else skipped[i])
-        if s is None:
-            rows.append(dict(base, metric="skipped", value=float("nan")))
-            continue
-        q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
-        med = statistics.median(ts)
-        fpt = flops_per_token(case.cfg, s.n_params_body)
-        mfu = fpt * s.tokens / med / ceilings["matmul_flops_per_s"]
-        values = {"step_time_s": med, "step_time_p10_s": q[0], "step_time_p90_s": q[-1], "tokens_per_s": s.tokens / med,
-                  "mfu" if mfu <= 1 else "mfu_invalid": mfu,  # above 100%: the ceiling or the flop count is wrong
-                  "copy_bytes_per_s": ceilings["copy_bytes_per_s"], "matmul_flops_per_s": ceilings["matmul_flops_per_s"]}
-        if peak is not None:
-            values["peak_mem_bytes"] = peak
-        rows += [dict(base, metric=k, value=float(v)) for k, v in values.items()]
-    rows += activation_rows(cases, steppers, skipped, device, vocab, rows, log)
+    rows = bench.rows(ceilings, dtype, rounds, steps_per_round)
+    rows += activation_rows(cases, bench.steppers, bench.skipped, device, vocab, rows, log)
     df = pd.DataFrame(rows)
     return add_activation_ratios(add_overheads(df, cases, ceilings, dtype))
+
+
+class _Timing:
+    """The cases' steppers, warmed up once, then timed round by round; a case that cannot run
+    (out of memory, a backend refused) is dropped with its reason instead of ending the bench."""
+
+    def __init__(self, cases: list[Case], device: torch.device, log):
+        self.cases, self.device, self.log = cases, device, log
+        self.steppers: list = [None] * len(cases)
+        self.peaks: list = [None] * len(cases)
+        self.times: list[list[float]] = [[] for _ in cases]
+        self.skipped: dict[int, str] = {}
+
+    def drop(self, i: int, reason: str) -> None:
+        self.skipped[i], self.steppers[i] = reason, None
+        self.log(f"skipping {self.cases[i].variant}/{self.cases[i].backend}: {reason}")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def warm_up(self, warmup: int, vocab: int | None) -> None:
+        device = self.device
+        for i, case in enumerate(self.cases):
+            if case.skip:
+                self.drop(i, case.skip)
+                continue
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                self.steppers[i] = Stepper(case, device, vocab or tokenizer_vocab(case.cfg))
+                for _ in range(warmup):  # includes torch.compile's first compilation
+                    self.steppers[i].step()
+                _sync(device)
+            except Exception as e:
+                if (reason := skip_reason(case, e)) is None:
+                    raise
+                self.drop(i, reason)
+                continue
+            self.peaks[i] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+    def time_round(self, steps_per_round: int) -> None:
+        for i, s in enumerate(self.steppers):
+            if s is None:
+                continue
+            try:
+                _sync(self.device)
+                t0 = time.perf_counter()
+                for _ in range(steps_per_round):
+                    s.step()
+                _sync(self.device)
+            except Exception as e:
+                if (reason := skip_reason(self.cases[i], e)) is None:
+                    raise
+                self.drop(i, reason)
+                continue
+            self.times[i].append((time.perf_counter() - t0) / steps_per_round)
+
+    def rows(self, ceilings: dict, dtype, rounds: int, steps_per_round: int) -> list[dict]:
+        """Long-format rows: a case's description once per metric (median and p10/p90 step time,
+        throughput, MFU, the ceilings, peak memory), or one "skipped" row with its reason."""
+        env = environment(self.device)
+        peer_version = package_version() or ""
+        rows = []
+        for i, (case, s, ts, peak) in enumerate(zip(self.cases, self.steppers, self.times, self.peaks)):
+            base = dict(case=i, preset=case.preset, variant=case.variant, backend=case.backend, d_model=case.d_model,
+                        n_streams=s.n_streams if s else declared_streams(case), n_layer=case.cfg.model.n_layer,
+                        seq_len=case.cfg.model.seq_len, batch_size=case.cfg.train.batch_size,
+                        vocab=s.model.vocab_size if s else -1,
+                        n_params=s.n_params if s else -1, dtype=str(dtype).split(".")[-1],
+                        device=env["device_name"], torch=env["torch"], triton=env["triton"], git_commit=env["git_commit"],
+                        threads=torch.get_num_threads(), cpu_kernels=env["cpu_kernels"], peer=PACKAGE if case.is_peer else "",
+                        peer_version=peer_version if case.is_peer else "",
+                        rounds=rounds, steps_per_round=steps_per_round, note=s.note if s else self.skipped[i])
+            if s is None:
+                rows.append(dict(base, metric="skipped", value=float("nan")))
+                continue
+            q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
+            med = statistics.median(ts)
+            mfu = flops_per_token(case.cfg, s.n_params_body) * s.tokens / med / ceilings["matmul_flops_per_s"]
+            values = {"step_time_s": med, "step_time_p10_s": q[0], "step_time_p90_s": q[-1], "tokens_per_s": s.tokens / med,
+                      "mfu" if mfu <= 1 else "mfu_invalid": mfu,  # above 100%: the ceiling or the flop count is wrong
+                      "copy_bytes_per_s": ceilings["copy_bytes_per_s"], "matmul_flops_per_s": ceilings["matmul_flops_per_s"]}
+            if peak is not None:
+                values["peak_mem_bytes"] = peak
+            rows += [dict(base, metric=k, value=float(v)) for k, v in values.items()]
+        return rows
 
 
 # ---------------------------------------------------------------------- activation memory

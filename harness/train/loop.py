@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,11 +42,14 @@ from harness.core.errors import UserError, filesystem_fault, filesystem_fix
 from harness.core.run_id import migrate_run_folder
 from harness.core.rundir import MetricsLog, RunDir, environment
 from harness.train import distributed
+from harness.train.data import Batches, prepare
 from harness.train.diagnostics import DIAGNOSTICS_NAME, capped_summary, diagnostics_rows
 from harness.train.fsdp import full
+from harness.train.model import build_model
 from harness.train.optim import lr_at, make_optimizer
 from harness.train.tracking import Tracker, check, diagnostics_scalars, train_scalars
 from kernels.backend import set_cpu_kernels
+from variants.registry import build_variant
 
 
 @dataclass
@@ -65,16 +68,51 @@ class RunResult:
 # it for one small file write.
 STATUS_EVERY_S = 10.0
 
-# Set by a pre-emption / time-limit signal handler (slurm/dispatch.py), or by Ctrl-C / SIGTERM
-# (_stop_on_signals): the loop checkpoints and returns "stopped" at the next step boundary, so a
-# requeued job or a --resume continues with no step lost.
-_STOP = threading.Event()
-_stopped_by: int | None = None  # the signal _stop_on_signals took; None when someone else asked
+class _StopRequests:
+    """The one way a run ends before train.steps. Whoever asks names a reason: train.stop_after at
+    its step, an `on_validation` hook that returns True, Ctrl-C or SIGTERM (_stop_on_signals), a
+    grid job's pre-emption or time-limit handler (request_stop, slurm/dispatch.py). The loop then
+    checkpoints at the next step boundary and ends "stopped" with that reason, so a requeued job or
+    a --resume continues with no step lost. Signal handlers may ask at any moment (signal-safe:
+    an Event and a dict insert)."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._asked: dict[str, int | None] = {}  # reason -> the signal number train() took, if one
+
+    def ask(self, reason: str, signum: int | None = None) -> None:
+        self._asked.setdefault(reason, signum)
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def asked(self, reason: str) -> bool:
+        return reason in self._asked
+
+    def reason(self) -> str | None:
+        """The hook's decision first, then a signal or pre-emption, then train.stop_after."""
+        others = [r for r in self._asked if r not in ("on_validation", "train.stop_after")]
+        for reason in ("on_validation", *others, "train.stop_after"):
+            if reason in self._asked:
+                return reason
+        return None
+
+    def signal_taken(self, reason: str) -> int | None:
+        """The signal train() itself took to stop for `reason` (its exit status is 128 + it)."""
+        return self._asked.get(reason)
+
+    def clear(self) -> None:
+        self._asked.clear()
+        self._event.clear()
+
+
+_STOP = _StopRequests()
 
 
 def request_stop() -> None:
     """Ask the running `train()` to checkpoint and stop after its current step (signal-safe)."""
-    _STOP.set()
+    _STOP.ask("pre-emption signal")
 
 
 @contextlib.contextmanager
@@ -90,11 +128,9 @@ def _stop_on_signals():
         return
 
     def handle(signum, frame):
-        global _stopped_by
         if signum == signal.SIGINT and _STOP.is_set():
             raise KeyboardInterrupt
-        _stopped_by = _stopped_by or signum
-        _STOP.set()
+        _STOP.ask(signal.Signals(signum).name, signum)
         os.write(2, f"\n{signal.Signals(signum).name}: checkpointing and stopping at the next step boundary"
                     f"{' (Ctrl-C again to stop at once)' if signum == signal.SIGINT else ''}\n".encode())
 
@@ -148,9 +184,6 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     `on_validation(step, val_loss)`, if given, is called after each validation inside the loop;
     returning True checkpoints and stops the run there ("stopped", as train.stop_after does).
     """
-    global _stopped_by
-    from variants.registry import build_variant
-
     cfg.validate()
     check(cfg)  # run.tensorboard / run.wandb without their package: refused before any file is written
     build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)  # option errors before any file is written
@@ -166,12 +199,9 @@ def train(cfg: Config, resume: bool = False, on_validation=None) -> RunResult:
     finally:
         dist.close()
         _STOP.clear()
-        _stopped_by = None
 
 
 def _train_run(cfg: Config, resume: bool, dist: distributed.Dist, on_validation=None) -> RunResult:
-    from harness.train.data import Batches, prepare
-
     dist.on_main(lambda: migrate_run_folder(cfg))  # a folder named by the run's legacy id (harness/core/run_id.py)
     run = RunDir(Path(cfg.run.runs_dir) / cfg.run_name(), writer=dist.is_main)
     status = run.read_status()
@@ -255,183 +285,249 @@ def _fault_message(run: RunDir, where: _Position, e: OSError, fault: str, unreco
 
 def _train(cfg: Config, run: RunDir, data, batches, resume: bool, dist: distributed.Dist, where: _Position,
            tracker: Tracker, on_validation=None) -> RunResult:
-    from harness.train.model import build_model
-
+    """The loop, top to bottom: a step on the device; at an interval boundary one host read, then
+    validation, diagnostics, a checkpoint and the status; the run ends done, diverged or stopped."""
     t = cfg.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    device = dist.device
-    autocast = autocast_context(device, t.dtype)
-    torch.manual_seed(t.seed)
+    s = _Session.open(cfg, run, data, batches, resume, dist, where, tracker)
+    if s.step == 0:
+        s.validate()
+        s.diagnose()
+    while s.step < t.steps:
+        s.train_step()
+        if not s.at_boundary():
+            continue  # host work only at interval boundaries; nothing above waits for the device
+        if (bad := s.read_interval()) is not None:
+            return s.diverged(*bad)  # found before any checkpoint after it: the last good one is kept
+        last = s.step == t.steps
+        if s.due(t.eval_every) or last:
+            val = s.validate()
+            run.log(f"step {s.step}/{t.steps}  train {s.train_loss:.4f}  val {val:.4f}", echo=s.progress is None)
+            if on_validation is not None and on_validation(s.step, val):
+                _STOP.ask("on_validation")
+        if s.due(t.diag_every) or last:
+            s.diagnose()
+        s.checkpoint_and_status(s.due(t.checkpoint_every) or last)
+        if (why := s.stop_reason()) is not None and not last:
+            return s.stopped(why)
+        s.restart_clock()  # the next interval's clock starts after validation and checkpoints
+    return s.done()
 
-    model = dist.place(build_model(cfg, data.tokenizer.vocab_size))  # on the device, or sharded over the ranks (FSDP)
-    optimizer = make_optimizer(model, cfg)  # after sharding: it must hold the sharded parameters
-    role_groups = model.parameter_groups()
-    step, tokens = 0, 0
-    if resume:
-        state = load_checkpoint(run.checkpoint, map_location="cpu" if dist.sharded else device)
-        check_same_config(state["config"], cfg, run.path)
-        dist.load_state(model, optimizer, state["model"], state["optimizer"])
-        restore_rng(state)
-        step, tokens = state["step"], state["tokens"]
-        where.step = where.checkpoint_step = step
-    if dist.is_main:
-        write_json(run.path / "config.json", cfg.to_dict())
-        write_json(run.path / "env.json", environment(device) | {"vocab_size": model.vocab_size, "world_size": dist.world,
-                                                                 "parallel": dist.parallel if dist.enabled else "none",
-                                                                 "n_params": sum(p.numel() for p in model.parameters())})
-    metrics = MetricsLog(run.metrics_path, keep_until_step=step if resume else None)
-    diagnostics = MetricsLog(run.path / DIAGNOSTICS_NAME, keep_until_step=step if resume else None)
-    diag_batch, _ = batches.val_batch(0)  # a fixed batch, so diagnostics are comparable across steps and runs
-    step_model = torch.compile(model) if t.compile else model
-    train_model = dist.wrap(step_model)  # DDP across the job's processes; step_model itself in one process
-    micros = dist.micro_batches(t.grad_accum)  # this rank's share of every step's micro-batches
-    run.log(f"{'resuming' if resume else 'training'} {run.path.name} at step {step}/{t.steps}: {cfg.variant.name} "
-            f"n={model.variant.n_streams}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, {device}"
-            + (f" x {dist.world} processes ({dist.parallel})" if dist.enabled else ""))
-    run.write_status("running", step=step, steps=t.steps)
-    where.started = True
-    if dist.is_main:
-        tracker.open(cfg, run.path, step, log=run.log)
 
-    def checkpoint():
-        model_state, optim_state = dist.full_state(model, optimizer)  # gathers the shards under FSDP
+@dataclass
+class _Session:
+    """A training run in progress: what its steps and boundaries share (model, optimiser, logs,
+    position), built once by `open` so the loop above reads as a loop."""
+
+    cfg: Config
+    run: RunDir
+    batches: object
+    dist: distributed.Dist
+    where: _Position
+    tracker: Tracker
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the compiled model when train.compile, else `model`
+    train_model: torch.nn.Module  # DDP across the job's processes; step_model in one process
+    optimizer: torch.optim.Optimizer
+    metrics: MetricsLog
+    diagnostics: MetricsLog
+    diag_batch: torch.Tensor  # a fixed batch, so diagnostics are comparable across steps and runs
+    autocast: object
+    step: int
+    tokens: int
+    progress: object = None
+    train_loss: float | None = None
+    pending: list = field(default_factory=list)  # _Pending steps since the last host read
+    t0: float = field(default_factory=time.perf_counter)
+    status_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def tokens_per_step(self) -> int:
+        t = self.cfg.train
+        return t.batch_size * t.grad_accum * self.cfg.model.seq_len
+
+    @classmethod
+    def open(cls, cfg: Config, run: RunDir, data, batches, resume: bool, dist: distributed.Dist,
+             where: _Position, tracker: Tracker) -> _Session:
+        """Model, optimiser and logs, restored from the checkpoint when resuming; status "running"."""
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        model = dist.place(build_model(cfg, data.tokenizer.vocab_size))  # on the device, or sharded (FSDP)
+        optimizer = make_optimizer(model, cfg)  # after sharding: it must hold the sharded parameters
+        step, tokens = 0, 0
+        if resume:
+            state = load_checkpoint(run.checkpoint, map_location="cpu" if dist.sharded else dist.device)
+            check_same_config(state["config"], cfg, run.path)
+            dist.load_state(model, optimizer, state["model"], state["optimizer"])
+            restore_rng(state)
+            step, tokens = state["step"], state["tokens"]
+            where.step = where.checkpoint_step = step
+        n_params = sum(p.numel() for p in model.parameters())
         if dist.is_main:
-            metrics.flush()  # tables first: rows past the checkpoint step are dropped on resume
-            diagnostics.flush()
-            signals.write(run)
-            save_checkpoint(run.checkpoint, step=step, tokens=tokens, model_state=model_state,
-                            optimizer_state=optim_state, config=cfg.to_dict(),
-                            keep=t.keep_checkpoints, previous_step=where.checkpoint_step)
-        where.checkpoint_step = step
+            write_json(run.path / "config.json", cfg.to_dict())
+            write_json(run.path / "env.json", environment(dist.device) | {
+                "vocab_size": model.vocab_size, "world_size": dist.world,
+                "parallel": dist.parallel if dist.enabled else "none", "n_params": n_params})
+        step_model = torch.compile(model) if t.compile else model
+        s = cls(cfg=cfg, run=run, batches=batches, dist=dist, where=where, tracker=tracker, model=model,
+                step_model=step_model, train_model=dist.wrap(step_model), optimizer=optimizer,
+                metrics=MetricsLog(run.metrics_path, keep_until_step=step if resume else None),
+                diagnostics=MetricsLog(run.path / DIAGNOSTICS_NAME, keep_until_step=step if resume else None),
+                diag_batch=batches.val_batch(0)[0], autocast=autocast_context(dist.device, t.dtype),
+                step=step, tokens=tokens)
+        run.log(f"{'resuming' if resume else 'training'} {run.path.name} at step {step}/{t.steps}: {cfg.variant.name} "
+                f"n={model.variant.n_streams}, {n_params / 1e6:.2f}M params, {dist.device}"
+                + (f" x {dist.world} processes ({dist.parallel})" if dist.enabled else ""))
+        run.write_status("running", step=step, steps=t.steps)
+        where.started = True
+        if dist.is_main:
+            tracker.open(cfg, run.path, step, log=run.log)
+        s.progress = _progress(cfg, step)
+        if s.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(s.device)
+        return s
 
-    def validate():
-        val = evaluate(step_model, batches, cfg, device, autocast)
-        metrics.append(step=step, tokens=tokens, split="val", loss=val)
-        tracker.log(step, {"val/loss": val})
-        return val
+    # ---------------------------------------------------------------- the step
+    def train_step(self) -> None:
+        """One optimiser step over this rank's micro-batches; nothing in here waits for the device."""
+        cfg, dist, device = self.cfg, self.dist, self.device
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # float64, as the host sum it replaces
+        micros = dist.micro_batches(cfg.train.grad_accum)  # this rank's share of the step's micro-batches
+        for micro in micros:
+            x, y = self.batches.train_batch(self.step, micro)
+            with dist.no_sync(self.train_model, last=micro == micros[-1]):
+                with self.autocast():
+                    loss = self.train_model(to_device(x, device), to_device(y, device))[1]  # logits not kept
+                (loss / len(micros)).backward()
+            loss_sum += loss.detach()
+        norm_names, group_norms = dist.grad_norms(self.model.parameter_groups())  # before clipping
+        grad_norm = full(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip or float("inf")))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step, self.tokens = self.step + 1, self.tokens + self.tokens_per_step
+        self.where.step = self.step
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes()
+        self.pending.append(_Pending(self.step, self.tokens, lr, loss_sum,
+                                     torch.cat([grad_norm.reshape(1), group_norms]).double(), norm_names, peak))
 
-    def diagnose():
-        with torch.no_grad(), autocast():
-            rows = diagnostics_rows(model, diag_batch.to(device), step)
-        diagnostics.rows.extend(rows)
-        tracker.log(step, diagnostics_scalars(rows))
-        if (warning := capped_summary(rows)) is not None:
-            run.log(f"warning: step {step}: {warning}")
+    def due(self, every: int) -> bool:
+        return bool(every) and self.step % every == 0
 
-    if step == 0:
-        validate()
-        diagnose()
-    progress = _progress(cfg, step)
-    train_loss, tokens_per_step = None, t.batch_size * t.grad_accum * cfg.model.seq_len
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    pending: list[_Pending] = []  # steps since the last host read; their losses and norms are still on the device
+    def at_boundary(self) -> bool:
+        """Every rank reaches the same boundaries; a single process also stops at any step when asked."""
+        t = self.cfg.train
+        if t.stop_after and self.step >= t.stop_after:
+            _STOP.ask("train.stop_after")
+        return (self.due(t.log_every) or self.due(t.eval_every) or self.due(t.diag_every)
+                or self.due(t.checkpoint_every) or self.step == t.steps
+                or _STOP.asked("train.stop_after") or (_STOP.is_set() and not self.dist.enabled))
 
-    def read_interval() -> tuple[int, float] | None:
+    # ---------------------------------------------------------------- at a boundary
+    def read_interval(self) -> tuple[int, float] | None:
         """The interval's one host read: a metrics row per pending step; (step, loss) of the first
         non-finite loss, if any (the steps after it are not recorded)."""
-        nonlocal train_loss
-        losses = dist.sum(torch.stack([p.loss for p in pending])) / t.grad_accum  # every rank's micro-batches
+        pending, t = self.pending, self.cfg.train
+        losses = self.dist.sum(torch.stack([p.loss for p in pending])) / t.grad_accum  # every rank's micro-batches
         values = torch.cat([losses] + [p.norms for p in pending]).tolist()  # the host sync
-        dt = (time.perf_counter() - t0) / len(pending)  # the read waited for the device, so this is its time
+        dt = (time.perf_counter() - self.t0) / len(pending)  # the read waited for the device: this is its time
         rest = iter(values[len(pending):])
         for p, loss in zip(pending, values[:len(pending)]):
             grad_norm, *group_norms = [next(rest) for _ in range(1 + len(p.norm_names))]
             if not math.isfinite(loss):
-                metrics.append(step=p.step, tokens=p.tokens, split="train", loss=loss, lr=p.lr)
-                tracker.log(p.step, {"train/loss": loss})
+                self.metrics.append(step=p.step, tokens=p.tokens, split="train", loss=loss, lr=p.lr)
+                self.tracker.log(p.step, {"train/loss": loss})
                 return p.step, loss
-            train_loss = loss
-            row = dict(loss=loss, lr=p.lr, grad_norm=grad_norm, step_time_s=dt, tokens_per_s=tokens_per_step / dt,
+            self.train_loss = loss
+            row = dict(loss=loss, lr=p.lr, grad_norm=grad_norm, step_time_s=dt, tokens_per_s=self.tokens_per_step / dt,
                        peak_mem_bytes=p.peak_mem_bytes, **{f"grad_norm_{k}": v for k, v in zip(p.norm_names, group_norms)})
-            metrics.append(step=p.step, tokens=p.tokens, split="train", **row)
-            tracker.log(p.step, train_scalars(row))
-        if progress is not None:
-            progress.update(len(pending))
-            progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{pending[-1].lr:.2e}")
+            self.metrics.append(step=p.step, tokens=p.tokens, split="train", **row)
+            self.tracker.log(p.step, train_scalars(row))
+        if self.progress is not None:
+            self.progress.update(len(pending))
+            self.progress.set_postfix(loss=f"{self.train_loss:.3f}", lr=f"{pending[-1].lr:.2e}")
         pending.clear()
         return None
 
-    def due(every: int) -> bool:
-        return bool(every) and step % every == 0
+    def validate(self) -> float:
+        val = evaluate(self.step_model, self.batches, self.cfg, self.device, self.autocast)
+        self.metrics.append(step=self.step, tokens=self.tokens, split="val", loss=val)
+        self.tracker.log(self.step, {"val/loss": val})
+        return val
 
-    t0, status_at = time.perf_counter(), time.monotonic()
-    while step < t.steps:
-        # ---- the step: nothing in here waits for the device
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # float64, as the host sum it replaces
-        for micro in micros:
-            x, y = batches.train_batch(step, micro)
-            with dist.no_sync(train_model, last=micro == micros[-1]):
-                with autocast():
-                    loss = train_model(to_device(x, device), to_device(y, device))[1]  # the logits are not kept
-                (loss / len(micros)).backward()
-            loss_sum += loss.detach()
-        norm_names, group_norms = dist.grad_norms(role_groups)  # before clipping
-        grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf")))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step, tokens = step + 1, tokens + tokens_per_step
-        where.step = step
-        pending.append(_Pending(step, tokens, lr, loss_sum, torch.cat([grad_norm.reshape(1), group_norms]).double(),
-                                norm_names, torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _rss_bytes()))
+    def diagnose(self) -> None:
+        with torch.no_grad(), self.autocast():
+            rows = diagnostics_rows(self.model, self.diag_batch.to(self.device), self.step)
+        self.diagnostics.rows.extend(rows)
+        self.tracker.log(self.step, diagnostics_scalars(rows))
+        if (warning := capped_summary(rows)) is not None:
+            self.run.log(f"warning: step {self.step}: {warning}")
 
-        # ---- host work only at interval boundaries, each starting with the interval's read. Every
-        # rank reaches the same boundaries; a single process may also stop at any step when asked.
-        stop_now = (t.stop_after and step >= t.stop_after) or (_STOP.is_set() and not dist.enabled)
-        if not (due(t.log_every) or due(t.eval_every) or due(t.diag_every) or due(t.checkpoint_every)
-                or stop_now or step == t.steps):
-            continue
-        bad = read_interval()
-        if bad is not None:  # found before any checkpoint after it is written: the last good one is kept
-            bad_step, bad_loss = bad
-            if dist.is_main:
-                metrics.flush()
-                diagnostics.flush()
-                signals.write(run)
-            run.write_status("diverged", step=bad_step, steps=t.steps, error=f"loss became {bad_loss} at step {bad_step}",
-                             checkpoint_step=where.checkpoint_step)
-            kept = where.checkpoint_step
-            run.log(f"diverged: loss became {bad_loss} at step {bad_step}; "
-                    + (f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written before it"))
-            return RunResult("diverged", run.path, bad_step, bad_loss, None, checkpoint_step=kept)
-        halt = False
-        if due(t.eval_every) or step == t.steps:
-            val = validate()
-            run.log(f"step {step}/{t.steps}  train {train_loss:.4f}  val {val:.4f}", echo=progress is None)
-            halt = on_validation is not None and bool(on_validation(step, val))
-        if due(t.diag_every) or step == t.steps:
-            diagnose()
-        checkpointing = due(t.checkpoint_every) or step == t.steps
+    def flush_tables(self) -> None:
+        """Metrics, diagnostics and signals to disk (tables first: rows past a checkpoint are dropped on resume)."""
+        if self.dist.is_main:
+            self.metrics.flush()
+            self.diagnostics.flush()
+            signals.write(self.run)
+
+    def checkpoint(self) -> None:
+        model_state, optim_state = self.dist.full_state(self.model, self.optimizer)  # gathers the shards under FSDP
+        if self.dist.is_main:
+            self.flush_tables()
+            save_checkpoint(self.run.checkpoint, step=self.step, tokens=self.tokens, model_state=model_state,
+                            optimizer_state=optim_state, config=self.cfg.to_dict(),
+                            keep=self.cfg.train.keep_checkpoints, previous_step=self.where.checkpoint_step)
+        self.where.checkpoint_step = self.step
+
+    def checkpoint_and_status(self, checkpointing: bool) -> None:
         if checkpointing:
-            checkpoint()
-        if checkpointing or time.monotonic() - status_at >= STATUS_EVERY_S:
-            run.write_status("running", step=step, steps=t.steps, train_loss=train_loss)  # what `grid status` shows
-            status_at = time.monotonic()
-        preempted = dist.any(_STOP.is_set() or halt)  # all ranks stop at the same step
-        if ((t.stop_after and step >= t.stop_after) or preempted) and step < t.steps:
-            checkpoint()
-            signame = signal.Signals(_stopped_by).name if preempted and _stopped_by and not halt else None
-            if halt:
-                why = "on_validation"
-            elif preempted:
-                why = signame or "pre-emption signal"  # a signal train() took itself, or a grid job's
-            else:
-                why = "train.stop_after"
-            run.write_status("stopped", step=step, steps=t.steps, reason=why)
-            run.log(f"stopped after step {step} ({why}); continue with --resume")
-            return RunResult("stopped", run.path, step, train_loss, None, checkpoint_step=step,
-                             stopped_by=_stopped_by if signame else None)
-        t0 = time.perf_counter()  # the next interval's clock starts after validation and checkpoints
-    if progress is not None:
-        progress.close()
-    val_loss = metrics.frame().query("split == 'val'")["loss"].iloc[-1]
-    run.write_status("done", step=step, steps=t.steps, train_loss=train_loss, val_loss=float(val_loss))
-    run.log(f"done: {run.path}  (train {train_loss:.4f}, val {val_loss:.4f})")
-    return RunResult("done", run.path, step, train_loss, float(val_loss), checkpoint_step=where.checkpoint_step)
+            self.checkpoint()
+        if checkpointing or time.monotonic() - self.status_at >= STATUS_EVERY_S:  # what `grid status` shows
+            self.run.write_status("running", step=self.step, steps=self.cfg.train.steps, train_loss=self.train_loss)
+            self.status_at = time.monotonic()
+
+    def stop_reason(self) -> str | None:
+        """Why the run stops here, the same answer on every rank; None: it goes on."""
+        if not self.dist.any(_STOP.is_set()):
+            return None
+        return _STOP.reason() or "pre-emption signal"  # another rank's signal: this one was asked through it
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
+
+    # ---------------------------------------------------------------- how it ends
+    def diverged(self, bad_step: int, bad_loss: float) -> RunResult:
+        self.flush_tables()
+        kept, t = self.where.checkpoint_step, self.cfg.train
+        self.run.write_status("diverged", step=bad_step, steps=t.steps, error=f"loss became {bad_loss} at step {bad_step}",
+                              checkpoint_step=kept)
+        self.run.log(f"diverged: loss became {bad_loss} at step {bad_step}; "
+                     + (f"the last good checkpoint (step {kept}) is kept" if kept is not None
+                        else "no checkpoint was written before it"))
+        return RunResult("diverged", self.run.path, bad_step, bad_loss, None, checkpoint_step=kept)
+
+    def stopped(self, why: str) -> RunResult:
+        self.checkpoint()
+        self.run.write_status("stopped", step=self.step, steps=self.cfg.train.steps, reason=why)
+        self.run.log(f"stopped after step {self.step} ({why}); continue with --resume")
+        return RunResult("stopped", self.run.path, self.step, self.train_loss, None, checkpoint_step=self.step,
+                         stopped_by=_STOP.signal_taken(why))
+
+    def done(self) -> RunResult:
+        if self.progress is not None:
+            self.progress.close()
+        val_loss = float(self.metrics.frame().query("split == 'val'")["loss"].iloc[-1])
+        self.run.write_status("done", step=self.step, steps=self.cfg.train.steps, train_loss=self.train_loss, val_loss=val_loss)
+        self.run.log(f"done: {self.run.path}  (train {self.train_loss:.4f}, val {val_loss:.4f})")
+        return RunResult("done", self.run.path, self.step, self.train_loss, val_loss,
+                         checkpoint_step=self.where.checkpoint_step)
 
 
 @dataclass
