@@ -40,11 +40,17 @@ from pathlib import Path
 
 import submitit
 
+import harness
 from harness import PROJECT_ROOT
+from harness.core.config import check_world, from_dict
 from harness.core.errors import UserError
 from harness.core.rundir import RunDir, RunLockedError
+from harness.train.loop import request_stop, train
+from harness.train.model import mlp_hidden
 from slurm.experiment import ACTIVE_JOB_STATES, Experiment, is_locked, scheduler_states
 from slurm.grid import Run
+from slurm.pruning import PruningHook
+from slurm.snapshot import freeze
 
 CLUSTERS = ("local", "slurm", "debug")
 # How long before its time limit a job gets the warning signal (USR2) and checkpoints: `--signal=USR2@90`
@@ -75,7 +81,6 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
-        from harness.train.loop import request_stop
 
         if self.signum != self.env._usr_sig():  # USR2 (requeue me) wins over a SIGTERM that follows it
             self.signum = signum
@@ -132,8 +137,6 @@ class RunJob(submitit.helpers.Checkpointable):
         self.spec = spec  # plain data (id, name, folder, config): small to pickle, no code in it
 
     def __call__(self) -> dict:
-        from harness.core.config import from_dict
-        from harness.train.loop import train
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one process per GPU (or CPU task): torch.distributed from SLURM's variables
@@ -146,7 +149,6 @@ class RunJob(submitit.helpers.Checkpointable):
                 cfg.train.threads = int(cpus)  # not part of the run's identity: resume checks still pass
         hook = None
         if self.spec.get("sweep") and env.global_rank == 0:  # an Optuna trial's run: report val loss, maybe prune
-            from slurm.pruning import PruningHook
 
             hook = PruningHook(self.spec["sweep"])
         with _Preemption(env) as stop:
@@ -189,7 +191,6 @@ class RunJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(RunJob(self.spec), *args, **kwargs)
 
     def _outcome(self, env, status: str, **fields) -> dict:
-        import harness
 
         return {"run_id": self.spec["id"], "name": self.spec["name"], "status": status, "job_id": env.job_id,
                 "rank": env.global_rank, "world_size": env.num_tasks, "code": str(Path(harness.__file__).parent.parent),
@@ -275,7 +276,6 @@ def check_request(runs: list[Run], res: Resources, cluster: str) -> None:
     signal's lead (the job would checkpoint and requeue before training a step), and host
     memory below what the model's matrices alone need (SLURM kills a job over --mem-gb).
     """
-    from harness.core.config import check_world
 
     if cluster == "local" and res.nodes > 1:
         raise UserError(f"--nodes {res.nodes}: the local cluster is this one machine; use --cluster slurm or --nodes 1")
@@ -313,7 +313,6 @@ def host_gb(cfg, on_gpu: bool) -> float:
     the host in fp32 (harness/train/loop.py, harness/train/fsdp.py); on a CPU it also keeps the gradients and
     AdamW's two moments there. Only the blocks' attention and MLP matrices are counted (the
     embedding's size depends on the tokenizer trained later), so a refusal is never wrong."""
-    from harness.train.model import mlp_hidden
 
     m = cfg.model
     params = m.n_layer * (4 * m.d_model ** 2 + 3 * m.d_model * mlp_hidden(m))
@@ -510,7 +509,6 @@ def plan_submission(exp: Experiment, runs: list[Run], force: bool = False) -> tu
 
 
 def freeze_code(exp: Experiment) -> Path:
-    from slurm.snapshot import freeze
 
     return freeze(PROJECT_ROOT, exp.path / "code")
 

@@ -33,7 +33,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.core.atomic import write_json
+from harness.core.config import from_dict
 from harness.core.errors import UserError, did_you_mean
+from harness.core.rundir import RunDir
 from harness.train.flops import (
     FORMULA,
     flops_per_token,
@@ -41,6 +44,7 @@ from harness.train.flops import (
     tokenizer_vocab,
     tokens_per_step,
 )
+from harness.train.model import padded_vocab
 
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "B200": 2250e12}  # dense, FLOP/s per GPU
 DEFAULT_MFU = 0.2  # small models keep a big GPU far from its peak (results/data-loader: ~18% assumed at gpt-s)
@@ -133,7 +137,6 @@ class Rates:
         exact = rows[(rows.preset == cfg.preset) & (rows.n_layer == m.n_layer) & (rows.d_model == m.d_model)
                      & (rows.seq_len == m.seq_len) & (rows.batch_size == cfg.train.batch_size)]
         if "vocab" in exact:  # tables since 2026-12-07 say their output layer's size; older ones had 8192 entries
-            from harness.train.model import padded_vocab
 
             exact = exact[exact.vocab == padded_vocab(cfg, tokenizer_vocab(cfg))]
         tps = exact[exact.metric == "tokens_per_s"]["value"]
@@ -180,8 +183,6 @@ def calibration(experiment: Path) -> dict[str, list[float]]:
     """{variant: training FLOP/s of each finished run} of an experiment (module doc)."""
     import pandas as pd
 
-    from harness.core.config import from_dict
-    from harness.core.rundir import RunDir
 
     out: dict[str, list[float]] = {}
     folders = [p for p in sorted(Path(experiment).iterdir()) if RunDir.is_run(p)] if Path(experiment).is_dir() else []
@@ -260,7 +261,6 @@ def duration(s: float) -> str:
 
 def save(exp_dir: Path, ests: list[RunEstimate], description: str) -> None:
     """<experiment>/estimate.json: what was predicted for each run at submission (merged over submissions)."""
-    from harness.core.atomic import write_json
 
     path = Path(exp_dir) / ESTIMATE_NAME
     old = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
@@ -279,7 +279,6 @@ def actual_seconds(run_dir: Path) -> float | None:
     """The training time a run logged: the sum of its step times (None before its first step)."""
     import pandas as pd
 
-    from harness.core.rundir import RunDir
 
     metrics = RunDir(run_dir, writer=False).read_table("metrics")
     if metrics is None or metrics.empty:

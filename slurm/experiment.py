@@ -24,8 +24,9 @@ from pathlib import Path
 
 from harness.core import signals
 from harness.core.atomic import write_json, write_parquet, write_text
-from harness.core.config import flatten
+from harness.core.config import flatten, from_dict
 from harness.core.errors import UserError
+from harness.core.run_id import run_id as current_run_id
 from harness.core.rundir import RunDir, now
 
 MANIFEST = "manifest.json"
@@ -54,16 +55,14 @@ def is_locked(run_path: Path) -> bool:
     return False
 
 
-RUN_ID_SCHEME = 1  # manifests keyed by harness/run_id.run_id; absent = legacy ids (every field hashed)
+RUN_ID_SCHEME = 1  # manifests keyed by harness/core/run_id.run_id; absent = legacy ids (every field hashed)
 
 
 def rekey_manifest(man: dict) -> dict:
     """A manifest keyed by legacy run ids, keyed by the current ones (harness/core/run_id.py). Every run
     keeps its folder, name, settings and jobs; the id is recomputed from the config it recorded."""
-    from harness.core.config import from_dict
-    from harness.core.run_id import run_id
 
-    mapping = {old: run_id(from_dict(entry["config"])) for old, entry in man.get("runs", {}).items()}
+    mapping = {old: current_run_id(from_dict(entry["config"])) for old, entry in man.get("runs", {}).items()}
     man["runs"] = {mapping[old]: entry for old, entry in man.get("runs", {}).items()}
     for sub in man.get("submissions", []):
         sub["jobs"] = {mapping.get(r, r): job for r, job in sub.get("jobs", {}).items()}

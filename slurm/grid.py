@@ -53,8 +53,14 @@ from typing import Any
 from harness.core.config import Config, all_keys, flatten, set_value
 from harness.core.errors import UserError, did_you_mean
 from harness.core.presets import PRESETS, get_preset
+from harness.train.data import data_root
 from slurm.experiment import MANIFEST, Experiment
-from variants.registry import build_variant, variant_names
+from variants.registry import (
+    VariantConfig,
+    build_variant,
+    variant_names,
+    variants_with_option,
+)
 
 TOP_LEVEL = ("name", "description", "preset", "base", "axes", "slurm", "tune")
 SHORTHANDS = {"seed": "train.seed", "lr": "optim.lr", "steps": "train.steps"}
@@ -167,7 +173,6 @@ def _check_key(key: str, where: str, variant: str | None = None) -> None:
     """Fail on a dotted key the config does not have, with the config's did-you-mean. A variant
     option is checked against `variant` when known; otherwise any variant's option passes here
     and each run's config, once its variant is set, refuses it where it does not belong."""
-    from variants.registry import VariantConfig, variants_with_option
 
     probe = Config()
     if variant is not None:
@@ -187,7 +192,6 @@ def _check_key(key: str, where: str, variant: str | None = None) -> None:
 
 
 def _any_variant_option(key: str) -> bool:
-    from variants.registry import variants_with_option
 
     return bool(variants_with_option(key.removeprefix("variant.")))
 
@@ -242,7 +246,6 @@ def _arms(items, where: str, variant_names) -> list[_Arm]:
 
 def arm_labels(items, where: str) -> list[str]:
     """The labels of axes.variant's arms, in order (as run names and `Run.arm` have them)."""
-    from variants.registry import variant_names
 
     return [a.label for a in _arms(items, where, variant_names())]
 
@@ -455,7 +458,6 @@ def _localise(cfg: Config, root: Path, exp_dir: Path, folder: str) -> None:
     beside the checkout and relative paths would point elsewhere: resolve them now. Token
     shards are shared with plain `mhc-bench train` runs (<runs>/data) so a grid tokenizes once.
     """
-    from harness.train.data import data_root
 
     cfg.run.runs_dir = str(exp_dir)
     cfg.run.name = folder

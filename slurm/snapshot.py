@@ -24,6 +24,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from harness.core.rundir import git_info, now
+
 PACKAGES = ("harness", "variants", "kernels", "slurm")
 FILES = ("pyproject.toml",)
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".hypothesis"}
@@ -52,7 +54,6 @@ def code_hash(root: Path) -> str:
 
 def freeze(root: Path, dest_parent: Path) -> Path:
     """Copy the code under `root` to `dest_parent/<hash>` (once) and return that folder."""
-    from harness.core.rundir import git_info, now
 
     root = Path(root).resolve()
     files = _files(root)

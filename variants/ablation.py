@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.backend import triton_unavailable_reason
 from kernels.coefficients import MAPPINGS
 from kernels.errors import UserError, did_you_mean
 from kernels.project import PRECISIONS
@@ -57,7 +58,6 @@ def check_common(cfg: VariantConfig, n_streams: int) -> frozenset[str]:
         raise UserError(f"variant.backend={cfg.backend!r} is not one of {', '.join(BACKENDS)}{did_you_mean(cfg.backend, BACKENDS)}")
     if cfg.backend == "triton":
         # Never fall back silently: a run asking for kernels must not be timed as plain torch.
-        from kernels.backend import triton_unavailable_reason
 
         why = triton_unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         if why:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from kernels.errors import UserError, did_you_mean
+from variants.expansion import StreamScale
 from variants.options import BACKENDS, NoOptions
 
 if TYPE_CHECKING:  # annotations only: the registry finds variants, a variant never needs the registry
@@ -155,7 +156,6 @@ class ResidualVariant:
         """The module the model expands the embedding with, if it has parameters: learned stream
         scaling with variant.expand=lss (variants/expansion.py); None = `expand`, the plain copy."""
         if getattr(self.opts, "expand", "copy") == "lss":
-            from variants.expansion import StreamScale
 
             return StreamScale(self.n_streams, self.d_model)
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kernels.errors import UserError
 from kernels.project import project, width_reason
 from kernels.sinkhorn_reference import compute_dtype
 from variants.base import Mixing
@@ -50,7 +51,6 @@ class ManifoldResidual(MHCResidual):
 
 def check_projection_width(variant) -> None:
     """backend=triton runs the projection kernel, which holds at most 256 output columns."""
-    from kernels.errors import UserError
 
     if variant.cfg.backend != "triton" or variant.opts.mode != "dynamic":
         return

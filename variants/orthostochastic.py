@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kernels.errors import UserError
 from kernels.orthostochastic import NS_COEFFS, newton_schulz, orthostochastic  # noqa: F401 (re-exported)
 from variants.ablation import MixingOptions, check_common
 from variants.base import ResidualVariant
@@ -71,7 +72,6 @@ class Orthostochastic(ResidualVariant):
     contract_options = ({}, {"mode": "static"}, {"fixed": "pre,post"})
 
     def check(self) -> None:
-        from kernels.errors import UserError
 
         check_common(self.cfg, self.n_streams)
         if self.opts.ns_steps < 1:

@@ -27,8 +27,15 @@ import seaborn as sns  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 
+from harness.analysis.axes import AXES, aggregate
+from harness.analysis.table import METRIC_NAMES, natural_key
 from harness.core.atomic import atomic_path  # noqa: E402
-from variants.registry import variant_colours  # noqa: E402
+from harness.eval.results import headline
+from harness.eval.suites import SUITES
+from variants.registry import (
+    get_variant_class,
+    variant_colours,  # noqa: E402
+)
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -71,7 +78,6 @@ def palette(labels) -> dict:
     the labels' natural order, and the bare label keeps the colour itself; any other label
     (an ablation, a variant without a fixed colour) takes the next spare colour.
     """
-    from harness.analysis.table import natural_key
 
     families: dict[str, list[str]] = {}
     for label in dict.fromkeys(labels):
@@ -214,7 +220,6 @@ def amax_vs_depth(diagnostics: pd.DataFrame, out: Path, palette: dict | None = N
 
 def single_stream_runs(runs: pd.DataFrame) -> set:
     """Runs with one residual stream (identity, or n_streams = 1): their H_res is the 1 x 1 matrix 1."""
-    from variants.registry import get_variant_class
 
     def streams(row) -> int:
         n = int(row.get("variant.n_streams", 0) or 0)
@@ -376,9 +381,6 @@ def eval_scores(evals: pd.DataFrame, out: Path, palette: dict | None = None) -> 
     Scores where higher is better (accuracy, exact match, F1, in %) come first and bits/byte
     (lower is better) after; each panel names its metric and its direction, never one 'score'.
     """
-    from harness.analysis.table import METRIC_NAMES
-    from harness.eval.results import headline
-    from harness.eval.suites import SUITES
 
     if evals.empty:
         return None
@@ -446,7 +448,6 @@ def final_loss(stats, out: Path, palette: dict | None = None) -> Path | None:
 
 # ---------------------------------------------------------------------- a swept axis (harness/analysis/axes.py)
 def _axis_x(ax, axis: str, xs) -> None:
-    from harness.analysis.axes import AXES
 
     ax.set_xscale("log", base=2 if axis == "model.n_layer" else 10)
     if axis == "model.n_layer":
@@ -473,7 +474,6 @@ def _draw_series(ax, agg: pd.DataFrame, palette: dict, runs: pd.DataFrame | None
 def loss_vs_axis(df: pd.DataFrame, axis: str, out: Path, palette: dict | None = None) -> Path | None:
     """Final validation loss vs depth or lr: mean and 95% CI over the seeds that trained, a dot per
     seed; × marks each diverged run at the top of the panel."""
-    from harness.analysis.axes import aggregate
 
     if df.empty:
         return None
@@ -497,7 +497,6 @@ def amax_vs_axis(df: pd.DataFrame, axis: str, out: Path, palette: dict | None = 
     """Composite Amax of the whole depth at the end of training vs depth or lr (paper Fig. 3's
     question across depths), as |Amax - 1| on a log axis: geometric mean over seeds with a 95% CI
     on the log scale."""
-    from harness.analysis.axes import aggregate
 
     if df.empty or df["amax_fwd_final"].isna().all():
         return None

@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from harness import PROJECT_ROOT
+from harness.core.atomic import write_parquet, write_text
 
 ABSOLUTE = re.compile(r"(?<![\w+/=.~:-])/[\w.+@=,-]+(?:/[\w.+@=,-]+)+/?")
 TEXT_SUFFIXES = (".md", ".html", ".csv", ".tex", ".txt", ".json", ".log")
@@ -46,7 +47,6 @@ def sanitize_folder(folder, root: Path = PROJECT_ROOT) -> list[Path]:
     place, each file atomically, only those that change); returns the files rewritten."""
     import pandas as pd
 
-    from harness.core.atomic import write_parquet, write_text
 
     changed = []
     for path in sorted(Path(folder).rglob("*")):

@@ -23,6 +23,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.analysis import axes, plots
+from harness.analysis.axes import AXES, axis_value, swept_axes
 from harness.analysis.published_paths import sanitize_folder
 from harness.analysis.stats import (
     PAPER_GAP,
@@ -33,10 +35,24 @@ from harness.analysis.stats import (
     pooled_sd,
     seeds_for_power,
 )
+from harness.analysis.table import (
+    _setting,
+    finished_runs,
+    group_rows,
+    layout_of,
+    paper4,
+    summarize,
+    write_layout,
+)
+from harness.bench.model import summary_notes, timing_table
 from harness.core import signals
 from harness.core.atomic import write_text
+from harness.core.config import flatten
 from harness.core.errors import UserError
-from harness.core.rundir import RunDir, experiment_dir
+from harness.core.rundir import RunDir, experiment_dir, now
+from harness.eval import paper
+from slurm.estimate import actual_seconds, duration
+from slurm.estimate import load as load_estimate
 
 SMALL_TABLE_BYTES = 4 * 1024 * 1024  # publish copies tables up to this size (results/ lives in git)
 
@@ -47,7 +63,6 @@ def load(experiment: Path):
     columns, and a note on the runs left out because they are not finished."""
     import pandas as pd
 
-    from harness.analysis.table import finished_runs, group_rows
 
     done, left_out = finished_runs(experiment)
     rows = group_rows(done)
@@ -135,7 +150,6 @@ class LossStat:
 def _references(rows):
     """({cell: its reference row or None}, cell(row), the reference's name, ' at the same depth ...',
     the kinds of reference present) for the rows of an experiment."""
-    from harness.analysis.axes import AXES, axis_value, swept_axes
 
     swept = swept_axes([run for row in rows for run in row.runs])
 
@@ -166,7 +180,6 @@ def loss_stats(rows) -> list[LossStat]:
     """
     import numpy as np
 
-    from harness.analysis.table import _setting, summarize
 
     for row in rows:  # never pool runs whose recipes differ
         check_poolable([_setting(run.config) for run in row.runs], [run.path.name for run in row.runs])
@@ -362,7 +375,6 @@ class Doc:
 
 def _common_config(per_run) -> tuple[dict, list[str]]:
     """Settings shared by every run, and the keys that vary."""
-    from harness.core.config import flatten
 
     flats = [flatten(r["config"]) for r in per_run]
     keys = sorted(set().union(*flats))
@@ -482,8 +494,6 @@ def _predicted_vs_actual(doc, experiment: Path, rows) -> None:
     took: per configuration, the training time per run and the device-hours, predicted and actual."""
     import json as _json
 
-    from slurm.estimate import actual_seconds, duration
-    from slurm.estimate import load as load_estimate
 
     predicted = load_estimate(experiment)
     if not predicted:
@@ -530,7 +540,6 @@ def _paper_layouts(doc, experiment: Path, out: Path) -> None:
     """The paper's Table 1 and Table 4 layouts, also written as report/table{1,4}.{md,tex,csv}.
     Table 4 sets the paper's numbers apart, without a gap, when our models are orders of
     magnitude smaller than its 27B (harness/analysis/table.py comparable_scale)."""
-    from harness.analysis.table import layout_of, paper4, write_layout
 
     for layout in ("table1", "table4"):
         try:
@@ -543,7 +552,6 @@ def _paper_layouts(doc, experiment: Path, out: Path) -> None:
         doc.p(table.title)
         doc.table(table.header, table.body, table.notes)
         if layout == "table4" and not table.comparable:
-            from harness.eval import paper
 
             doc.p(f"The paper's Table 4 ({paper.TABLE4_SETTING}), for the ordering of its rows, not their level:")
             doc.table(*paper4(table.frame))
@@ -555,7 +563,6 @@ def _axis_sections(doc, runs, out: Path) -> tuple[list, set | None]:
     setting the per-step figures are restricted to (None when nothing is swept)."""
     import pandas as pd
 
-    from harness.analysis import axes, plots
     swept = axes.swept_axes(runs)
     if not swept:
         return [], None

@@ -25,12 +25,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.core.config import flatten
+from harness.core.atomic import write_text
+from harness.core.config import flatten, from_dict
 from harness.core.errors import UserError
 from harness.core.run_id import EXECUTION_ONLY
 from harness.core.rundir import RunDir, experiment_dir
 from harness.eval import paper
+from harness.eval.results import headline
 from harness.eval.suites import ALIASES, SUITES
+from slurm.experiment import Experiment
 from variants.registry import variant_label
 
 TABLE1_ORDER = ("res", "pre", "post")  # the paper's order of the mappings in Table 1
@@ -152,7 +155,6 @@ def _grid_folders(experiment: Path) -> dict[str, str] | None:
     """{folder: run name} of the latest version of the grid behind an experiment; None without one."""
     if not (experiment / "manifest.json").is_file():
         return None
-    from slurm.experiment import Experiment
 
     exp = Experiment(experiment)
     runs = exp.manifest()["runs"]
@@ -166,7 +168,6 @@ def _setting(cfg: dict) -> dict:
     The saved config is read back through the config classes first, so a field added after a run
     was trained counts at its default: runs of one recipe saved before and after a new field
     (a grid resumed across versions) stay one row."""
-    from harness.core.config import from_dict
 
     try:
         cfg = from_dict(cfg).to_dict()
@@ -229,7 +230,6 @@ def summarize(values: list[float], stderrs: list[float]) -> tuple[float, float, 
 
 # ---------------------------------------------------------------------- the two layouts
 def _headline(evals, suite):
-    from harness.eval.results import headline
 
     if evals is None:
         return None
@@ -473,7 +473,6 @@ def layout_of(experiment, layout: str = "table4", paper_apart: bool = False) -> 
 
 def write_layout(table: Layout, layout: str, out_dir, formats=("md", "tex", "csv")) -> dict[str, Path]:
     """table.{md,tex,csv} in out_dir, each written atomically; returns {format: path}."""
-    from harness.core.atomic import write_text
 
     written = {}
     for fmt in formats:

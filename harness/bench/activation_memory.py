@@ -35,6 +35,10 @@ from contextlib import contextmanager
 
 import torch
 
+from harness import PROJECT_ROOT
+from harness.core.config import from_dict
+from harness.train.model import build_model, recompute_block
+
 SEQ_LEN = 16  # tokens per sequence measured: per-token bytes do not depend on it (module doc)
 
 
@@ -82,7 +86,6 @@ def measure(cfg, vocab: int, device: torch.device | str = "cpu", seq_len: int = 
 
     "on" is None for a variant with nothing to recompute (identity stores no stream maths).
     """
-    from harness.train.model import build_model, recompute_block
 
     torch.manual_seed(0)
     model = build_model(cfg, vocab).to(device)
@@ -99,7 +102,6 @@ def measure_in_subprocess(cfg, vocab: int, seq_len: int = SEQ_LEN, env: dict | N
     import os
     import subprocess
 
-    from harness import PROJECT_ROOT
     request = json.dumps({"config": cfg.to_dict(), "vocab": vocab, "seq_len": seq_len})
     proc = subprocess.run([sys.executable, "-m", "harness.bench.activation_memory"], input=request, capture_output=True,
                           text=True, cwd=PROJECT_ROOT, env=os.environ | (env or {}), timeout=timeout)
@@ -111,7 +113,6 @@ def measure_in_subprocess(cfg, vocab: int, seq_len: int = SEQ_LEN, env: dict | N
 
 def main() -> int:
     """Read {"config", "vocab", "seq_len"} as JSON on stdin, print `measure`'s dict as JSON."""
-    from harness.core.config import from_dict
 
     request = json.loads(sys.stdin.read())
     cfg = from_dict(request["config"])

@@ -36,7 +36,19 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from harness.bench.model import save_table
+from harness.core.config import apply_overrides
+from harness.core.device import resolve_device, to_device
 from harness.core.errors import UserError, did_you_mean
+from harness.core.presets import get_preset, tiny
+from harness.core.rundir import environment
+from harness.train.data import (
+    MODDED_HEADER_INTS,
+    MODDED_MAGIC,
+    MODDED_VERSION,
+    Batches,
+    prepare,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -50,7 +62,6 @@ H200_TARGET_TOKENS_PER_S = 1e6  # an estimate: see the module doc
 
 def write_modded_shard(path: Path, tokens: np.ndarray) -> None:
     """A modded-nanogpt shard: 256 int32 (magic, version, token count, zeros), then uint16 tokens."""
-    from harness.train.data import MODDED_HEADER_INTS, MODDED_MAGIC, MODDED_VERSION
 
     header = np.zeros(MODDED_HEADER_INTS, dtype="<i4")
     header[:3] = MODDED_MAGIC, MODDED_VERSION, len(tokens)
@@ -73,8 +84,6 @@ def synthetic_corpus(folder: Path, n_shards: int, shard_tokens: int, seed: int =
 def source_config(source: str, preset: str, overrides: list[str], runs_dir: str, data_dir: str, tmp: Path,
                   n_shards: int, shard_tokens: int) -> "Config":
     """The preset's batch shape with the source's data settings (module doc)."""
-    from harness.core.config import apply_overrides
-    from harness.core.presets import get_preset, tiny
 
     cfg = get_preset(preset)
     if source == "byte":
@@ -95,7 +104,6 @@ class LoaderStep:
     """One training step's worth of batches, drawn and moved as harness/train/loop.py does."""
 
     def __init__(self, cfg: "Config", device: torch.device, log: Callable[[str], None]):
-        from harness.train.data import Batches, prepare
 
         self.prepared = prepare(cfg, log=log)
         self.batches = Batches(self.prepared, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed)
@@ -104,7 +112,6 @@ class LoaderStep:
         self.device, self.step_index = device, 0
 
     def step(self) -> None:
-        from harness.core.device import to_device
 
         for micro in self.micros:
             x, y = self.batches.train_batch(self.step_index, micro)
@@ -123,7 +130,6 @@ def run_bench(sources: list[str], preset: str, device: torch.device, rounds: int
     """Time every source in interleaved rounds; return the long-format table."""
     import pandas as pd
 
-    from harness.core.rundir import environment
 
     with tempfile.TemporaryDirectory(prefix="mhc-bench-data-") as tmp:
         cfgs = {s: source_config(s, preset, list(overrides), runs_dir, data_dir, Path(tmp), n_shards, shard_tokens)
@@ -177,8 +183,6 @@ def summary(df: "pd.DataFrame") -> str:
 
 def main_bench_data(args) -> int:
     """`mhc-bench bench data`: check the arguments, run, print and save the table."""
-    from harness.bench.model import save_table
-    from harness.core.device import resolve_device
 
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     for s in sources:

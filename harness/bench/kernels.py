@@ -41,8 +41,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.core.atomic import write_parquet
+from harness.core.device import resolve_device
+from harness.core.rundir import git_info, now
+from kernels.backend import interpreting, triton_unavailable_reason, triton_version
+from kernels.coefficients import coefficient_heads
 from kernels.errors import UserError
+from kernels.post_res import post_res
+from kernels.premix import premix
+from kernels.project import PRECISIONS, project
+from kernels.sinkhorn import sinkhorn
 from variants.hc import NORM_EPS
+from variants.peers import PeerUnavailable, import_package, package_version
 
 OPS = ("premix", "post_res", "sinkhorn", "coefficients", "connection")
 PROVIDERS = ("torch", "compile", "triton", "liger", "hyper-connections")
@@ -140,11 +150,6 @@ def make_inputs(op: str, shape: Shape, dtype: torch.dtype, device: torch.device,
 # The ops, per provider: callables inputs -> tuple of differentiable outputs
 # =============================================================================================
 def _mhc_ops(backend: str, sk_iters: int, precision: str):
-    from kernels.coefficients import coefficient_heads
-    from kernels.post_res import post_res
-    from kernels.premix import premix
-    from kernels.project import project
-    from kernels.sinkhorn import sinkhorn
 
     def coefficients(x, phi, alpha_pre, alpha_post, alpha_res, bias_pre, bias_post, bias_res):
         n = x.shape[-2]
@@ -206,7 +211,6 @@ def _hyper_connections_op(shape: Shape, device, sk_iters: int):
     as (n, T, C) is exactly that, and its einops rearranges of the transposed view are views
     too, so no copy is charged to the peer. Checked against hyper-connections 0.4.11.
     """
-    from variants.peers import PeerUnavailable, import_package, package_version
 
     try:
         mhc = import_package().ManifoldConstrainedHyperConnections
@@ -230,7 +234,6 @@ def build(op: str, provider: str, shape: Shape, device: torch.device, sk_iters: 
     if provider in ("torch", "compile", "triton"):
         note = ""
         if provider == "triton":
-            from kernels.backend import interpreting, triton_unavailable_reason
 
             if device.type != "cuda" and not interpreter:
                 raise Skip("no CUDA device: the Triton kernels would only run in the interpreter, which is "
@@ -324,10 +327,8 @@ def _runner(fn, inputs: dict, extra: list, mode: str):
 # The benchmark
 # =============================================================================================
 def versions() -> dict:
-    from harness.core.rundir import git_info
 
     v = {"python": platform.python_version(), "torch": torch.__version__}
-    from kernels.backend import triton_version
 
     v["triton"] = triton_version()
     from importlib.metadata import version  # hyper_connections has no __version__
@@ -425,9 +426,6 @@ def main(args) -> int:
     """`mhc-bench bench kernels`."""
     from pathlib import Path
 
-    from harness.core.atomic import write_parquet
-    from harness.core.device import resolve_device
-    from harness.core.rundir import now
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     device = resolve_device(args.device)
@@ -446,12 +444,10 @@ def main(args) -> int:
     dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES))
     if device.type == "cpu" and "triton" in providers and args.triton_interpreter:
-        from kernels.backend import interpreting
 
         if not interpreting() and any(m.startswith("kernels.") and m.endswith("_triton") for m in sys.modules):
             raise UserError("--triton-interpreter: the kernels were already compiled for the GPU in this process")
         os.environ["TRITON_INTERPRET"] = "1"  # must precede the first kernel module import
-    from kernels.project import PRECISIONS
 
     if args.precision not in PRECISIONS:
         raise UserError(f"--precision: choose from {', '.join(PRECISIONS)}; got {args.precision!r}")

@@ -11,7 +11,8 @@ Timing runs harness/bench/kernels.py; --static runs harness/bench/kernel_audit/s
 
 from __future__ import annotations
 
-from harness.bench.kernels import GPU_SHAPES, MODES, OPS, PROVIDERS
+from harness.bench.kernel_audit.static import main as static_main
+from harness.bench.kernels import GPU_SHAPES, MODES, OPS, PROVIDERS, main
 
 
 def register(sub) -> None:
@@ -45,9 +46,7 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     if args.static:
-        from harness.bench.kernel_audit.static import main as static_main
 
         return static_main(args)
-    from harness.bench.kernels import main
 
     return main(args)

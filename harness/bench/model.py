@@ -46,9 +46,23 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from harness.bench.activation_memory import (
+    bytes_per_token,
+    measure,
+    measure_in_subprocess,
+)
+from harness.core.atomic import write_parquet, write_text
 from harness.core.config import Config, apply_overrides
+from harness.core.device import autocast_context, resolve_device
 from harness.core.errors import UserError, did_you_mean
+from harness.core.presets import get_preset
+from harness.core.rundir import environment, now
 from harness.train.flops import flops_per_token, tokenizer_vocab
+from harness.train.model import GPT, build_model, padded_vocab
+from harness.train.optim import make_optimizer
+from kernels import cpu_build
+from kernels.backend import set_cpu_kernels, triton_unavailable_reason
+from variants.options import option_fields
 from variants.peers import (
     DEFAULT_N_STREAMS,
     PACKAGE,
@@ -57,11 +71,11 @@ from variants.peers import (
     build_peer,
     package_version,
 )
+from variants.registry import get_variant_class, options_class, variant_names
 
 
 def default_variants() -> list[str]:
     """`bench model`'s variants when none are named: every registered variant with `in_bench`."""
-    from variants.registry import get_variant_class, variant_names
 
     return [n for n in variant_names() if get_variant_class(n).in_bench]
 
@@ -142,9 +156,6 @@ def case_config(preset: str, variant: str, n: int, backend: str, d_model: int | 
     """The preset with the overrides, then this case's variant, streams, backend and width. A
     variant option among the overrides (`--set variant.sk_iters=5`) applies to the variants that
     have it; the others are benchmarked at their own settings."""
-    from harness.core.presets import get_preset
-    from variants.options import option_fields
-    from variants.registry import options_class
 
     cfg = get_preset(preset)
     own = option_fields(options_class(variant))
@@ -204,14 +215,10 @@ class Stepper:
     """A model + optimiser for one case, and a function that runs one full training step."""
 
     def __init__(self, case: Case, device: torch.device, vocab: int):
-        from harness.core.device import autocast_context
-        from harness.train.model import build_model
-        from harness.train.optim import make_optimizer
 
         cfg = case.cfg
         torch.manual_seed(0)
         if case.is_peer:
-            from harness.train.model import GPT, padded_vocab
 
             variant = build_peer(case.variant, cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
             self.model, self.note = GPT(cfg.model, variant, padded_vocab(cfg, vocab)).to(device), variant.note()
@@ -410,13 +417,6 @@ HC_PUBLISHED_ACT_RATIO = 1.26  # HC paper: activation memory +26% over the plain
 
 def activation_rows(cases, steppers, skipped, device, vocab, rows, log) -> list[dict]:
     """act_bytes_per_token (without / with train.recompute) per case; see the module doc."""
-    from harness.bench.activation_memory import (
-        bytes_per_token,
-        measure,
-        measure_in_subprocess,
-    )
-    from harness.core.device import autocast_context
-    from kernels.backend import triton_unavailable_reason
 
     base_of = {r["case"]: {k: v for k, v in r.items() if k not in ("metric", "value")} for r in rows}
     out = []
@@ -480,7 +480,6 @@ def declared_streams(case: Case) -> int:
         return case.n_streams
     if case.is_peer:
         return DEFAULT_N_STREAMS
-    from variants.registry import get_variant_class
 
     return get_variant_class(case.variant).default_n_streams
 
@@ -561,7 +560,6 @@ def timing_lines(df) -> list[str]:
 
 def main_bench_model(args) -> int:
     """`mhc-bench bench model`: parse the lists, run, print and save the table."""
-    from harness.core.device import resolve_device
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else []
     backends = split(args.backends)
@@ -588,7 +586,6 @@ def main_bench_model(args) -> int:
     print(summary(df))
     path = save_table(df, args.out, args.runs_dir, "model")
     if profiles:
-        from harness.core.atomic import write_text
 
         write_text(path.with_suffix(".profile.txt"), "\n".join(profiles).lstrip("\n") + "\n")
         print(f"profiles: {path.with_suffix('.profile.txt')}")
@@ -612,8 +609,6 @@ def use_threads(cases: list[Case]) -> int:
 def use_cpu_kernels(cases: list[Case]) -> str:
     """Set train.cpu_kernels for the process (one value for all cases, as threads); returns what
     runs: 'on' or 'off' (auto resolved by whether the CPU kernels build here)."""
-    from kernels import cpu_build
-    from kernels.backend import set_cpu_kernels
 
     modes = {c.cfg.train.cpu_kernels for c in cases}
     if len(modes) > 1:
@@ -625,8 +620,6 @@ def use_cpu_kernels(cases: list[Case]) -> str:
 
 def save_table(df, out: str | None, runs_dir: str, kind: str) -> Path:
     """A benchmark's long table, atomically, at --out or <runs_dir>/bench/<kind>-<time>.parquet."""
-    from harness.core.atomic import write_parquet
-    from harness.core.rundir import now
 
     path = Path(out) if out else Path(runs_dir) / "bench" / f"{kind}-{now().replace(':', '')}.parquet"
     write_parquet(path, df)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.core.atomic import write_parquet
 from harness.core.config import from_dict
 from harness.core.run_id import legacy_hash, run_id
 
@@ -19,7 +20,6 @@ def migrate_tables(folder) -> dict[str, str]:
     Returns {legacy id: current id}."""
     import pandas as pd
 
-    from harness.core.atomic import write_parquet
 
     folder = Path(folder)
     mapping = id_map_from_runs_table(pd.read_parquet(folder / "runs.parquet"))

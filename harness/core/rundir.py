@@ -29,6 +29,8 @@ from harness import PROJECT_ROOT
 from harness.core.atomic import make_dirs, remove_empty_dirs, write_json, write_parquet
 from harness.core.checkpoint import CHECKPOINT_NAME
 from harness.core.errors import UserError, filesystem_fault, filesystem_fix
+from kernels import cpu_build
+from kernels.backend import cpu_kernel_mode
 
 STATUSES = ("running", "done", "diverged", "failed", "stopped")
 
@@ -63,8 +65,6 @@ def git_info(root: Path = PROJECT_ROOT) -> dict:
 def cpu_kernels_in_use(device) -> str:
     """'on' where the torch backend runs the compiled CPU kernels (train.cpu_kernels on a CPU whose
     build succeeded), else 'off': which implementation computed a run's numbers."""
-    from kernels import cpu_build
-    from kernels.backend import cpu_kernel_mode
 
     on = str(device).startswith("cpu") and cpu_kernel_mode() != "off" and cpu_build.unavailable_reason() is None
     return "on" if on else "off"

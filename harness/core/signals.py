@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import math
 
+from harness.core.atomic import write_parquet
+
 UNIFORM_MARGIN = 0.01  # nats: a final loss this close to ln(vocab_size) is a uniform guess
 BEST_WINDOW = 20  # training steps averaged for the best loss a run reached (the blow-up rule)
 LOSS_SPIKE_FACTOR = 1.5
@@ -139,7 +141,6 @@ def of_run(run):
 
 def write(run) -> None:
     """Write the run's signals.parquet (atomically) from the tables it has written so far."""
-    from harness.core.atomic import write_parquet
 
     if run.writer and (run.path / "metrics.parquet").is_file():
         write_parquet(run.path / SIGNALS_NAME, of_run(run)[0])

@@ -36,8 +36,10 @@ from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+from harness.core.device import autocast_context
 from harness.core.errors import UserError
 from harness.eval.decode import greedy_generate
+from harness.eval.loading import load_run
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's HF default, used when a task does not say
 
@@ -75,13 +77,11 @@ class MhcBenchLM(TemplateLM):
                  device: str | None = "auto", dtype: str = "auto", max_gen_toks=None,
                  gen_cap=None, progress: bool = True, progress_bar=None, **unused):
         super().__init__()
-        from harness.core.device import autocast_context
 
         run_dir = run_dir or run
         if model is None:
             if run_dir is None:
                 raise UserError("the mhc-bench lm-eval model needs run=<run folder> (--model_args run=RUN_DIR)")
-            from harness.eval.loading import load_run
 
             loaded = load_run(Path(run_dir), device or "auto")
             model, tokenizer, self._device = loaded.model, loaded.tokenizer, loaded.device

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from harness.core.atomic import write_json, write_parquet
+from harness.eval.results import SCHEMA, frame
 
 CACHE_DIR = "cache"  # under <run>/eval/
 DIGEST_NAME = "checkpoint.json"
@@ -81,7 +82,6 @@ def read(cache_dir: Path, task: str, digest: str):
     """The cached rows of `task` under `digest`, or None."""
     import pandas as pd
 
-    from harness.eval.results import frame
 
     path = _path(cache_dir, task, digest)
     if not path.is_file():
@@ -94,6 +94,5 @@ def read(cache_dir: Path, task: str, digest: str):
 
 
 def write(cache_dir: Path, task: str, digest: str, rows) -> None:
-    from harness.eval.results import SCHEMA
 
     write_parquet(_path(cache_dir, task, digest), rows[list(SCHEMA)])

@@ -23,9 +23,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.core.atomic import make_dirs, remove_empty_dirs
 from harness.core.checkpoint import CHECKPOINT_NAME
 from harness.core.config import Config, from_dict
 from harness.core.errors import UserError
+from harness.core.rundir import RunDir
+from harness.eval.loading import rebuild
+from harness.train.model import build_model
+from harness.train.tokenizer import BPETokenizer, ByteTokenizer
 
 EXPORT_FORMAT = 1
 WEIGHTS_NAME, CONFIG_NAME, TOKENIZER_NAME, META_NAME = "model.safetensors", "config.json", "tokenizer.json", "export.json"
@@ -41,8 +46,6 @@ class Exported:
 
 def export_run(run_dir, out, force: bool = False) -> Path:
     """Write the run's newest checkpoint to the folder `out`; returns `out`."""
-    from harness.core.rundir import RunDir
-    from harness.eval.loading import rebuild
 
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     if not RunDir.is_run(run_dir):
@@ -68,8 +71,6 @@ def export_run(run_dir, out, force: bool = False) -> Path:
 
 def load_export(folder, device: str = "cpu") -> Exported:
     """Model (eval mode, on `device`), tokenizer and config from an export folder alone."""
-    from harness.train.model import build_model
-    from harness.train.tokenizer import BPETokenizer, ByteTokenizer
 
     folder = Path(folder)
     meta = _read_json(folder / META_NAME, "export description")
@@ -151,14 +152,12 @@ class _atomic_folder:
         self.out, self.force = out, force
 
     def __enter__(self) -> Path:
-        from harness.core.atomic import make_dirs
 
         self.made = make_dirs(self.out.parent)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
         return self.tmp
 
     def __exit__(self, kind, value, tb) -> bool:
-        from harness.core.atomic import remove_empty_dirs
 
         if kind is None:
             try:

@@ -22,6 +22,16 @@ import numpy as np
 
 from harness.core.atomic import atomic_path
 from harness.core.errors import UserError
+from harness.eval.loading import tokenizer_candidates
+from harness.train.data import (
+    corpus_files,
+    corpus_path,
+    is_pretokenized,
+    open_shards,
+    prepare,
+    shard_dir,
+    split_documents,
+)
 
 HELDOUT_DIR = "heldout"
 DECODE_CHUNK = 1 << 20  # tokens decoded at a time from a shard's validation tokens
@@ -29,7 +39,6 @@ DECODE_CHUNK = 1 << 20  # tokens decoded at a time from a shard's validation tok
 
 def heldout_file(cfg, run_dir: Path, shared: Path, limit: int | None) -> Path:
     """<shared>/heldout/<data>-<limit>.jsonl holding the run's validation documents (made if missing)."""
-    from harness.train.data import shard_dir
 
     path = Path(shared) / HELDOUT_DIR / f"{shard_dir(cfg).name}-{limit or 'all'}.jsonl"
     if not path.is_file():
@@ -46,12 +55,6 @@ def heldout_file(cfg, run_dir: Path, shared: Path, limit: int | None) -> Path:
 
 
 def _documents(cfg, run_dir: Path) -> Iterator[str]:
-    from harness.train.data import (
-        corpus_files,
-        corpus_path,
-        is_pretokenized,
-        split_documents,
-    )
 
     corpus = corpus_path(cfg)
     files = corpus_files(corpus)
@@ -63,8 +66,6 @@ def _documents(cfg, run_dir: Path) -> Iterator[str]:
 
 def _decoded(cfg, run_dir: Path) -> Iterator[str]:
     """The shard corpus's validation tokens as text, one document per end-of-text token."""
-    from harness.eval.loading import tokenizer_candidates
-    from harness.train.data import open_shards, prepare
 
     opened = next((open_shards(d) for d in tokenizer_candidates(cfg, run_dir)[1:] if (d / "meta.json").is_file()), None)
     data = opened or prepare(cfg)

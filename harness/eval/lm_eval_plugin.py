@@ -28,6 +28,8 @@ import importlib.machinery
 import sys
 from pathlib import Path
 
+from harness.core.atomic import write_text
+
 REGISTRY_MODULE = "lm_eval.api.registry"
 MODEL_NAME = "mhc-bench"
 TARGET = "harness.eval.adapter:MhcBenchLM"  # what @register_model on the class also registers
@@ -110,7 +112,6 @@ def site_dir(where: str | None = None) -> Path:
 
 def install(where: str | None = None) -> Path:
     """Write the start-up hook into `where` (default: this interpreter's site-packages)."""
-    from harness.core.atomic import write_text
 
     path = site_dir(where) / PTH_NAME
     write_text(path, PTH_LINE)

@@ -15,8 +15,18 @@ from pathlib import Path
 
 from harness.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from harness.core.config import Config, from_dict
+from harness.core.device import resolve_device
 from harness.core.errors import UserError
 from harness.core.rundir import RunDir
+from harness.train.data import shard_dir
+from harness.train.model import build_model
+from harness.train.tokenizer import (
+    BPETokenizer,
+    ByteTokenizer,
+    FileTokenizer,
+    is_tokenizer_file,
+    load_tokenizer,
+)
 
 
 @dataclass
@@ -64,7 +74,6 @@ def read_status(run_dir: Path) -> str:
 def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:
     """Where the run's tokenizer may be: its shard folder as configured, or under the runs
     folder the run now sits in (the default cache is <runs_dir>/data)."""
-    from harness.train.data import shard_dir
 
     out = [Path(run_dir)]  # a tokenizer saved beside the run wins, should training ever do so
     try:
@@ -80,13 +89,6 @@ def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:
 
 def load_run_tokenizer(cfg: Config, run_dir: Path):
     """The tokenizer the run was trained with (the byte tokenizer needs no file)."""
-    from harness.train.tokenizer import (
-        BPETokenizer,
-        ByteTokenizer,
-        FileTokenizer,
-        is_tokenizer_file,
-        load_tokenizer,
-    )
 
     if cfg.data.tokenizer == "byte":
         return ByteTokenizer()
@@ -107,7 +109,6 @@ def load_run_tokenizer(cfg: Config, run_dir: Path):
 def rebuild(run_dir: Path):
     """(checkpoint state, config, model on the CPU with the checkpoint's weights, tokenizer) of a
     run folder's newest checkpoint: what evaluation and `mhc-bench export` both start from."""
-    from harness.train.model import build_model
 
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     cfg = from_dict(state["config"])
@@ -124,7 +125,6 @@ def rebuild(run_dir: Path):
 
 def load_run(run_dir, device: str = "auto") -> LoadedRun:
     """Model (eval mode, on `device`), tokenizer and config of one run folder."""
-    from harness.core.device import resolve_device
 
     run_dir = Path(run_dir).resolve()
     dev = resolve_device(device)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import PROJECT_ROOT
 from harness.core.errors import UserError
 from harness.eval.suites import MMLU_CATEGORIES, Suite
 
@@ -39,7 +40,6 @@ def default_data_dir() -> Path:
     """../shared/data/eval beside the project, or $MHC_BENCH_DATA/eval."""
     import os
 
-    from harness import PROJECT_ROOT
     root = os.environ.get("MHC_BENCH_DATA") or PROJECT_ROOT.parent / "shared" / "data"
     return (Path(root).expanduser() / "eval").resolve()
 

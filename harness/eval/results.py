@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from harness.eval.suites import TRUNCATION_NOTE, locate
+from harness.eval.suites import SUITES, TRUNCATION_NOTE, locate
 
 # column -> pandas dtype; the Parquet schema of evals.parquet
 SCHEMA: dict[str, str] = {
@@ -147,7 +147,6 @@ def headline(evals):
     held-out bits_per_byte)."""
     import numpy as np
 
-    from harness.eval.suites import SUITES
 
     wanted = [t in SUITES and SUITES[t].metric == m and SUITES[t].filter == f
               for t, m, f in zip(evals["task"], evals["metric"], evals["filter"])]

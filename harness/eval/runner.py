@@ -28,8 +28,23 @@ from pathlib import Path
 from typing import Callable
 
 from harness.core.atomic import write_parquet
+from harness.core.checkpoint import CHECKPOINT_NAME
+from harness.core.device import resolve_device
 from harness.core.errors import UserError
+from harness.eval import cache
+from harness.eval.loading import find_runs, is_run_dir, load_run, read_config
+from harness.eval.quiet import console, to_log
+from harness.eval.quiet import console as console_stream
+from harness.eval.render import default_data_dir
+from harness.eval.results import SCHEMA, frame, headline, rows_from_results
 from harness.eval.suites import Suite, parse_tasks
+from harness.eval.taskset import (
+    HF_DATASETS,
+    TaskSet,
+    lm_eval_index,
+    search_path,
+    shared_dir,
+)
 
 EVALS_NAME = "evals.parquet"
 LOG_NAME = "eval.log"
@@ -111,8 +126,6 @@ def run_meta(loaded, limit, device) -> dict:
 
 def new_taskset(suites: list[Suite], first_run: Path, data_dir=None, include_path=()):
     """The TaskSet of one call, its datasets cache in the (first) run's experiment folder."""
-    from harness.eval.render import default_data_dir
-    from harness.eval.taskset import HF_DATASETS, TaskSet, shared_dir
 
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     return TaskSet(suites, data_dir=data_dir, hf_cache=shared_dir(first_run) / HF_DATASETS, include_path=include_path)
@@ -129,10 +142,6 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
     read from or written to the cache, which identifies models by their checkpoint."""
     import pandas as pd
 
-    from harness.core.device import resolve_device
-    from harness.eval import cache
-    from harness.eval.loading import read_config
-    from harness.eval.quiet import console as console_stream
 
     console = console_stream()  # before any redirection: stays on the terminal
     log = log or _printer(console)
@@ -148,7 +157,6 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
     if lm is None:
         from lm_eval import __version__ as lm_eval_version
 
-        from harness.core.checkpoint import CHECKPOINT_NAME
 
         digest = cache.checkpoint_digest(run_dir / CHECKPOINT_NAME, cache_dir)
         code = cache.code_version()
@@ -176,7 +184,6 @@ def evaluate_run(run_dir: Path, suites: list[Suite], *, data_dir=None, limit: in
             rows_by_suite[s.key] = part
             if lm is None and len(part):
                 cache.write(cache_dir, s.key, keys[s.key], part)
-    from harness.eval.results import frame
 
     rows = frame(pd.concat([rows_by_suite[s.key] for s in suites], ignore_index=True).to_dict("records"))
     merge_evals(run_dir / EVALS_NAME, rows)
@@ -190,9 +197,6 @@ def _score(run_dir: Path, suites: list[Suite], taskset, rendered: Path, *, conso
     """Score `suites` on the run with lm-eval; its output goes to <run>/eval/eval.log."""
     from tqdm import tqdm
 
-    from harness.eval.loading import load_run
-    from harness.eval.quiet import to_log
-    from harness.eval.results import frame, rows_from_results
 
     eval_dir = run_dir / "eval"
     log_path = eval_dir / LOG_NAME
@@ -249,7 +253,6 @@ def write_if_changed(path: Path, rows) -> bool:
     A rerun that reuses every result leaves the tables, and their timestamps, alone."""
     import pandas as pd
 
-    from harness.eval.results import SCHEMA
 
     rows = rows[list(SCHEMA)]
     if path.is_file():
@@ -266,7 +269,6 @@ def merge_evals(path: Path, rows) -> bool:
     """Replace the rows of the tasks just evaluated, keep the others; True if the file changed."""
     import pandas as pd
 
-    from harness.eval.results import frame
 
     if path.is_file():
         old = pd.read_parquet(path)
@@ -278,7 +280,6 @@ def merge_evals(path: Path, rows) -> bool:
 def summary(rows, suites: list[Suite]) -> list[str]:
     """One line per suite: the headline number and what to know about it (an external task's
     first metric at its own level, as lm-eval reports it)."""
-    from harness.eval.results import headline
 
     lines = []
     heads = headline(rows)
@@ -307,8 +308,6 @@ def resolve_tasks(tasks: str, include_path=(), first_run: Path | None = None) ->
 
     def lm_eval_names():
         require_lm_eval()
-        from harness.eval.quiet import to_log
-        from harness.eval.taskset import lm_eval_index, search_path
 
         log_path = (first_run / "eval" / LOG_NAME) if first_run else Path(os.devnull)
         with to_log(log_path, "indexing lm-eval's tasks"):
@@ -322,7 +321,6 @@ def evaluate(target, tasks: str = "paper", **options):
     all in one process, so each task is built once for all of them."""
     import pandas as pd
 
-    from harness.eval.loading import find_runs, is_run_dir
 
     targets = [Path(t).expanduser().resolve() for t in (target if isinstance(target, (list, tuple)) else [target])]
     runs = list(dict.fromkeys(r for t in targets for r in find_runs(t)))
@@ -332,7 +330,6 @@ def evaluate(target, tasks: str = "paper", **options):
             raise UserError(f"--include-path {p}: not a folder (give a folder of lm-eval task YAMLs)")
     suites = resolve_tasks(tasks, include_path, runs[0])
     check_options(suites, options.get("limit"), options.get("num_fewshot"))
-    from harness.eval.quiet import console
 
     log = options.pop("log", None) or _printer(console())
     taskset = new_taskset(suites, runs[0], options.pop("data_dir", None), include_path)

@@ -22,6 +22,8 @@ import hashlib
 import shutil
 from pathlib import Path
 
+from harness.eval.heldout import heldout_file
+from harness.eval.render import render_tasks
 from harness.eval.suites import Suite
 
 SHARED_DIR = "eval-cache"  # in the experiment folder: what the runs of an experiment share
@@ -69,8 +71,6 @@ class TaskSet:
     def render(self, run_dir: Path, cfg, limit: int | None = None) -> Path:
         """Write the YAMLs of our suites into <run>/eval/tasks; the run's held-out documents
         are the only run-dependent input, so runs that share them get a copy of one rendering."""
-        from harness.eval.heldout import heldout_file
-        from harness.eval.render import render_tasks
 
         out = Path(run_dir) / "eval" / "tasks"
         heldout = heldout_file(cfg, run_dir, shared_dir(run_dir), limit) if any(s.key == "wiki" for s in self.own) else None

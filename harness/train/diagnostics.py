@@ -47,6 +47,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from harness.core.atomic import write_parquet
+from harness.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from harness.core.config import from_dict
+from harness.train.data import Batches, prepare
+from harness.train.model import build_model
 from kernels.sinkhorn_reference import capped, sinkhorn_converged, stochasticity_gaps
 from variants.base import Mixing
 
@@ -265,11 +270,6 @@ def diagnose_run(run_dir, batch_index: int = 0, spans: str = "paper", device: st
     """
     import pandas as pd
 
-    from harness.core.atomic import write_parquet
-    from harness.core.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from harness.core.config import from_dict
-    from harness.train.data import Batches, prepare
-    from harness.train.model import build_model
 
     run_dir = Path(run_dir)
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.core.errors import UserError
+from harness.train import fsdp
+from harness.train.fsdp import local
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -69,7 +71,6 @@ class Dist:
         Call before building the optimiser: FSDP replaces the Parameter objects.
         """
         if self.sharded:
-            from harness.train import fsdp
             return fsdp.shard(model, self.device, self.world)
         return model.to(self.device)
 
@@ -97,14 +98,12 @@ class Dist:
         Under FSDP a collective that gathers the shards, so every rank must call it.
         """
         if self.sharded:
-            from harness.train import fsdp
             return fsdp.full_state(model, optimizer)
         return (model.state_dict(), optimizer.state_dict()) if self.is_main else (None, None)
 
     def load_state(self, model: torch.nn.Module, optimizer, model_state: dict, optim_state: dict) -> None:
         """Load a checkpoint written by any run of the same config (one process, DDP or FSDP)."""
         if self.sharded:
-            from harness.train import fsdp
             return fsdp.load_full_state(model, optimizer, model_state, optim_state)
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
@@ -118,7 +117,6 @@ class Dist:
         rank holds a shard of every gradient: shard norms are combined as sqrt(sum over ranks of
         squares). Lists without a gradient get no entry.
         """
-        from harness.train.fsdp import local
 
         names, norms = [], []
         for name, params in groups.items():

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+from harness.core.config import ModelConfig, VariantConfig, from_dict
+from harness.train.model import GPT, padded_vocab
+from variants.registry import build_variant
+
 FORMULA = "6·N·tokens + 12·L·T·C·tokens (N: parameters outside the embedding lookup)"
 
 
@@ -58,9 +62,6 @@ def model_params(cfg) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _model_params(key: str) -> tuple[int, int]:
-    from harness.core.config import ModelConfig, VariantConfig, from_dict
-    from harness.train.model import GPT, padded_vocab
-    from variants.registry import build_variant
 
     d = json.loads(key)
     model_cfg = ModelConfig(**d["model"])

@@ -15,7 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.core.config import ModelConfig
+from harness.core.errors import UserError
 from variants.base import Residual, ResidualVariant
+from variants.recompute import StreamRecompute
+from variants.registry import build_variant
 
 
 def mlp_hidden(cfg: ModelConfig) -> int:
@@ -216,7 +219,6 @@ class GPT(nn.Module):
         """Recompute the stream maths of every `block` consecutive sub-layers in the backward
         instead of storing it (variants/recompute.py); 0 turns it off. Residuals of variants with
         nothing to recompute (identity) ignore it; returns whether any residual uses it."""
-        from variants.recompute import StreamRecompute
 
         shared = StreamRecompute(block) if block else None
         for r in self.residuals():
@@ -302,7 +304,6 @@ class GPT(nn.Module):
 def padded_vocab(cfg, tokenizer_vocab: int) -> int:
     """model.vocab_size if set, else the tokenizer's size rounded up to 64 (faster matmuls)."""
     if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer_vocab:
-        from harness.core.errors import UserError
 
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}")
     return cfg.model.vocab_size or 64 * math.ceil(tokenizer_vocab / 64)
@@ -317,7 +318,6 @@ def recompute_block(cfg, n_streams: int) -> int:
 
 def build_model(cfg, tokenizer_vocab: int) -> GPT:
     """The GPT for a full `Config`, with the variant from the registry (and train.recompute)."""
-    from variants.registry import build_variant
 
     variant = build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
     model = GPT(cfg.model, variant, padded_vocab(cfg, tokenizer_vocab))

@@ -21,12 +21,23 @@ import sys
 import time
 import traceback
 
+from harness.bench.kernel_audit.gpus import GPUS
+from harness.bench.kernel_audit.workloads import (
+    DTYPES,
+    PEERS,
+    WORKLOADS,
+    NotCovered,
+    run,
+)
+from harness.bench.kernels import parse_shapes as parse
+from harness.core.atomic import write_json
+from kernels.backend import _first_line, compile_only
+
 GATE_SHAPES = "16384x4096x4,4096x7168x4,8192x1024x8,1024x768x2"  # TOKENSxCxN
 
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     """(T, n, C) triples from the TOKENSxCxN list `bench kernels --shapes` reads (one parser, one format)."""
-    from harness.bench.kernels import parse_shapes as parse
 
     return [(s.tokens, s.n, s.C) for s in parse(text)]
 
@@ -38,9 +49,6 @@ def audit(arch: str, shapes, dtypes, workloads, log=print) -> dict:
     import triton
 
     from harness.bench.kernel_audit.driver import FakeDriver
-    from harness.bench.kernel_audit.gpus import GPUS
-    from harness.bench.kernel_audit.workloads import NotCovered, run
-    from kernels.backend import compile_only
 
     gpu = GPUS[arch]
     driver = FakeDriver(gpu)
@@ -69,7 +77,6 @@ def audit(arch: str, shapes, dtypes, workloads, log=print) -> dict:
 
 
 def _cause(e: BaseException) -> str:
-    from kernels.backend import _first_line
 
     return _first_line(e)
 
@@ -116,8 +123,6 @@ def summary(result: dict) -> tuple[bool, str]:
 
 
 def main(argv=None) -> int:
-    from harness.bench.kernel_audit.gpus import GPUS
-    from harness.bench.kernel_audit.workloads import DTYPES, PEERS, WORKLOADS
 
     p = argparse.ArgumentParser(prog="python -m harness.bench.kernel_audit.audit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,7 +145,6 @@ def main(argv=None) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     result = audit(args.arch, parse_shapes(args.shapes), dtypes, workloads, log=log)
     if args.json:
-        from harness.core.atomic import write_json
 
         write_json(args.json, result)
     ok, line = summary(result)

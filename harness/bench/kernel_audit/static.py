@@ -16,19 +16,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from harness.bench import tf32_accuracy as precision
+from harness.bench.kernel_audit.audit import GATE_SHAPES, summary
+from harness.bench.kernel_audit.gpus import GPUS
+from harness.bench.kernel_audit.report import long_table, markdown
+from harness.bench.kernel_audit.run import audit_targets
+from harness.bench.kernel_audit.workloads import DTYPES, PEERS, WORKLOADS
+from harness.bench.kernels import parse_shapes
+from harness.core.atomic import write_parquet, write_text
+from harness.core.errors import UserError
+from harness.core.rundir import git_info, now
+
 DEFAULT_ARCHS = "sm_90a,sm_100a"
 
 
 def main(args) -> int:
-    from harness.bench.kernel_audit.audit import GATE_SHAPES, summary
-    from harness.bench.kernel_audit.gpus import GPUS
-    from harness.bench.kernel_audit.report import long_table, markdown
-    from harness.bench.kernel_audit.run import audit_targets
-    from harness.bench.kernel_audit.workloads import DTYPES, PEERS, WORKLOADS
-    from harness.bench.kernels import parse_shapes
-    from harness.core.atomic import write_parquet, write_text
-    from harness.core.errors import UserError
-    from harness.core.rundir import now
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     archs = split(args.arch or DEFAULT_ARCHS)
@@ -74,8 +76,6 @@ def main(args) -> int:
 
 def _accuracy_section(shapes: str) -> str:
     """The tf32 projection against fp64 at the report's (n, C), emulated bit for bit on the CPU."""
-    from harness.bench import tf32_accuracy as precision
-    from harness.bench.kernels import parse_shapes
 
     nc = list(dict.fromkeys((s.n, s.C) for s in parse_shapes(shapes)))
     return ("## x·φ on tf32 tensor cores: accuracy against fp64\n\n"
@@ -88,7 +88,6 @@ def _accuracy_section(shapes: str) -> str:
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
-    from harness.core.rundir import git_info
 
     out = {}
     for dist in ("torch", "triton", "liger-kernel"):

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from variants.registry import VariantConfig
+from harness.bench.kernels import Shape, Skip, _liger_ops, make_inputs
+from harness.core.errors import UserError
+from kernels.sinkhorn import sinkhorn
+from variants.registry import (
+    VariantConfig,
+    build_variant,
+    get_variant_class,
+    variant_names,
+)
 
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16), "fp32": (torch.float32, torch.bfloat16)}
 
@@ -26,7 +34,6 @@ def _registered() -> dict[str, dict]:
     mhc (RMSNorm(x⃗)φ, σ / 2σ heads, Sinkhorn k = 20), mhc-lite (softmax over the n! permutations),
     hc (per-stream projection, tanh in PyTorch), kromhc and orthostochastic (mHC's projection, their
     H_res map in PyTorch), and any variant registered since."""
-    from variants.registry import get_variant_class, variant_names
 
     return {n: dict(name=n) for n in variant_names()
             if get_variant_class(n).audit and "triton" in get_variant_class(n).backends}
@@ -66,7 +73,6 @@ def run(workload: str, T: int, n: int, C: int, dtype: str) -> None:
     if workload == "liger":
         return run_liger(T, n, C, stream_dtype)
     if workload == "sinkhorn-op":
-        from kernels.sinkhorn import sinkhorn
 
         logits = torch.empty(T, n, n, device="meta", requires_grad=True)
         out = sinkhorn(logits, SK_ITERS, "paper", "triton")
@@ -82,7 +88,6 @@ def run(workload: str, T: int, n: int, C: int, dtype: str) -> None:
 def run_liger(T: int, n: int, C: int, stream_dtype) -> None:
     """Liger-Kernel's whole mHC connection around an identity branch, as `bench kernels` times it
     (its coefficient op with fp32 φ, i.e. its tf32 path; pre-mix; post + residual)."""
-    from harness.bench.kernels import Shape, Skip, _liger_ops, make_inputs
 
     try:
         ops, _ = _liger_ops(SK_ITERS)
@@ -97,8 +102,6 @@ def run_liger(T: int, n: int, C: int, stream_dtype) -> None:
 
 
 def build_residual(workload: str, n: int, C: int):
-    from harness.core.errors import UserError
-    from variants.registry import build_variant
 
     cfg = VariantConfig(n_streams=n, backend="triton", **VARIANT_KINDS[workload])
     try:
