@@ -22,10 +22,10 @@ def accuracy(n: int, C: int, stream_dtype: torch.dtype, rows: int = 256, seed: i
     """Errors of the tf32 projection against fp64 on random tokens, and what they do to the
     coefficients: max |Δ mix| / max |mix|, rms relative error of mix, max |Δ H| over H_pre,
     H_post and H_res (α, b at the trained-looking scale `bench kernels` uses)."""
-    from harness.bench.kernels import Shape, make_inputs
     from kernels.coefficients import heads_reference
+    from kernels.registry import Shape, op_spec
 
-    p = make_inputs("coefficients", Shape(rows, C, n), stream_dtype, torch.device("cpu"), seed)
+    p = op_spec("coefficients").make_inputs(Shape(rows, C, n), stream_dtype, torch.device("cpu"), seed)
     x = p["x"].detach().flatten(-2)
     phi = p["phi"].detach()
     exact = project_fp64(x, phi, 1e-6)
