@@ -13,7 +13,13 @@ C++ of the CPU kernels in <op>_cpu.cpp, built on first use by cpu_build.py (trai
     orthostochastic.py orthostochastic(L, steps)        O ⊙ O, O Newton-Schulz polar factor (CPU kernel only)
     precision.py     tf32 as the tensor cores read it (emulated), its error bound
 
+Beside each op its benchmark spec, <op>_bench.py (Liger-Kernel's op / test / benchmark pairing):
+the inputs it is timed on, the bytes it must move and its callable per backend, registered in
+registry.py (bench_inputs.py draws the inputs). connection_bench.py composes the whole mHC
+connection from the registered coefficients, premix and post_res ops.
+
 The tests (tests/test_kernels*.py) and the benchmark (harness/bench/kernels.py, `mhc-bench bench
-kernels`) import the same references. Nothing here imports from variants/ or harness/: this is
-the bottom layer (pyproject.toml's import-linter contract).
+kernels`, which with the kernel compile audit iterates the registry) import the same references.
+Nothing here imports from variants/ or harness/: this is the bottom layer (pyproject.toml's
+import-linter contract).
 """

@@ -1,9 +1,10 @@
 """`mhc-bench bench kernels`: every op x shape x provider x mode, against the copy bandwidth measured in the same run.
 
-    ops        premix (H_pre·x), post_res (H_res·x + H_post^T·y), sinkhorn (k rounds on n×n logits),
-               coefficients (RMSNorm(x⃗)φ + α, b, σ, 2σ, Sinkhorn: H_pre, H_post, H_res),
-               connection (the whole mHC connection around an identity branch:
-               coefficients, then pre-mix, then post + residual)
+    ops        every op in the kernel registry (kernels/registry.py), each declared beside its
+               kernel in kernels/<op>_bench.py: premix (H_pre·x), post_res (H_res·x + H_post^T·y),
+               sinkhorn (k rounds on n×n logits), coefficients (RMSNorm(x⃗)φ + α, b, σ, 2σ,
+               Sinkhorn: H_pre, H_post, H_res), connection (the whole mHC connection around an
+               identity branch: coefficients, then pre-mix, then post + residual)
     providers  torch    the PyTorch references (the same functions the kernel tests compare to)
                compile  torch.compile of those references
                triton   the fused kernels (kernels/*_triton.py); on a CPU only under the
@@ -11,13 +12,14 @@
                liger    Liger-Kernel's mHC ops (liger_kernel.ops.mhc), where installed
                hyper-connections  lucidrains' ManifoldConstrainedHyperConnections (whole
                         connection only), where installed
+               (harness/bench/kernel_providers.py)
     modes      fwd, fwd+bwd (forward, then the gradients of all inputs for random upstream
                gradients, via torch.autograd.grad so nothing accumulates between repetitions)
 
 Times: on CUDA triton.testing.do_bench (CUDA events, L2 flushed between repetitions); on a CPU
 time.perf_counter after warm-up. Median and 20/80% quantiles in ms. Bandwidth = the bytes the
-op must move (`bytes_moved`: each input read once, each output written once, the paper's I/O
-counting) / median time, and its fraction of the device copy bandwidth (read + write) measured
+op must move (its spec's `bytes_moved`: each input read once, each output written once, the
+paper's I/O counting) / median time, and its fraction of the device copy bandwidth (read + write) measured
 at the start of the same run. Peers compute their own conventions (Liger: kernel-order
 Sinkhorn, HC power-of-2 only; hyper-connections: per-stream norms and projections, Sinkhorn
 with columns exact, see variants/peers.py), so only their times are comparable, not their
@@ -30,33 +32,20 @@ by construction.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
-from harness.core.atomic import write_parquet
-from harness.core.device import resolve_device
-from harness.core.rundir import git_info, now
-from kernels.backend import interpreting, triton_unavailable_reason, triton_version
-from kernels.coefficients import coefficient_heads
+from harness.bench.kernel_providers import PROVIDERS, Skip, build
 from kernels.errors import UserError
-from kernels.post_res import post_res
-from kernels.premix import premix
-from kernels.project import PRECISIONS, project
-from kernels.sinkhorn import sinkhorn
-from variants.hc import NORM_EPS
-from variants.peers import PeerUnavailable, import_package, package_version
+from kernels.registry import MODES, Shape, op_names, op_spec
 
-OPS = ("premix", "post_res", "sinkhorn", "coefficients", "connection")
-PROVIDERS = ("torch", "compile", "triton", "liger", "hyper-connections")
-MODES = ("fwd", "fwd+bwd")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # Target shape of the issue (H200, bf16): 16k tokens x C = 4096 x n = 4; then n and C sweeps and
@@ -69,18 +58,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-@dataclass(frozen=True)
-class Shape:
-    tokens: int
-    C: int
-    n: int
-
-    def __str__(self) -> str:
-        return f"{self.tokens}x{self.C}x{self.n}"
-
-
-class Skip(Exception):
-    """A provider cannot run this case; the message says why."""
+def __getattr__(name: str):
+    """OPS: the registered ops, read when asked for (a test may register one after this import)."""
+    if name == "OPS":
+        return op_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_shapes(text: str) -> list[Shape]:
@@ -96,172 +78,15 @@ def parse_shapes(text: str) -> list[Shape]:
     return shapes
 
 
-# =============================================================================================
-# Bytes each op must move (per call): inputs read once, outputs written once
-# =============================================================================================
 def bytes_moved(op: str, mode: str, shape: Shape, elem: int) -> int:
-    T, C, n, f = shape.tokens, shape.C, shape.n, 4
-    W = n * n + 2 * n
-    fwd = {
-        "premix": T * (n * C * elem + n * f + C * elem),
-        "post_res": T * ((n + 1) * C * elem + (n + n * n) * f + n * C * elem),
-        "sinkhorn": T * 2 * n * n * f,
-        "coefficients": T * (n * C * elem + W * f) + n * C * W * f,
-    }
-    bwd = {
-        "premix": T * (C * elem + 2 * n * C * elem + 2 * n * f),
-        "post_res": T * (3 * n * C * elem + 2 * C * elem + 2 * (n + n * n) * f),
-        "sinkhorn": T * 3 * n * n * f,
-        "coefficients": T * (2 * n * C * elem + W * f) + 2 * n * C * W * f,
-    }
-    parts = ("coefficients", "premix", "post_res") if op == "connection" else (op,)
-    total = sum(fwd[p] for p in parts)
-    if mode == "fwd+bwd":
-        total += sum(bwd[p] for p in parts)
-    return total
+    """Bytes op `op` must move per call (inputs read once, outputs written once), by name: its spec
+    (kernels/<op>_bench.py) counts them."""
+    return op_spec(op).bytes_moved(mode, shape, elem)
 
 
-# =============================================================================================
-# Inputs: fresh random tensors, all leaves that take gradients
-# =============================================================================================
 def make_inputs(op: str, shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0) -> dict:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    T, C, n = shape.tokens, shape.C, shape.n
-
-    def rand(*size, dt=torch.float32, scale=1.0, shift=0.0):
-        return (torch.randn(size, generator=g) * scale + shift).to(device=device, dtype=dt).requires_grad_()
-
-    if op == "premix":
-        return dict(x=rand(T, n, C, dt=dtype), h_pre=torch.rand((T, n), generator=g).to(device).requires_grad_())
-    if op == "post_res":
-        return dict(x=rand(T, n, C, dt=dtype), y=rand(T, C, dt=dtype),
-                    h_post=(2 * torch.rand((T, n), generator=g)).to(device).requires_grad_(),
-                    h_res=torch.rand((T, n, n), generator=g).to(device).requires_grad_())
-    if op == "sinkhorn":
-        return dict(logits=rand(T, n, n, scale=2.0))
-    # coefficients / connection: mHC's parameters at a trained-looking scale
-    return dict(x=rand(T, n, C, dt=dtype), phi=rand(n * C, n * n + 2 * n, scale=1 / math.sqrt(n * C)),
-                alpha_pre=rand(1, scale=0.1, shift=0.5).view(()), alpha_post=rand(1, scale=0.1, shift=0.5).view(()),
-                alpha_res=rand(1, scale=0.1, shift=0.5).view(()),
-                bias_pre=rand(n), bias_post=rand(n), bias_res=rand(n, n, scale=2.0))
-
-
-# =============================================================================================
-# The ops, per provider: callables inputs -> tuple of differentiable outputs
-# =============================================================================================
-def _mhc_ops(backend: str, sk_iters: int, precision: str):
-
-    def coefficients(x, phi, alpha_pre, alpha_post, alpha_res, bias_pre, bias_post, bias_res):
-        n = x.shape[-2]
-        mix = project(x.flatten(-2), phi, NORM_EPS, backend, precision)
-        pre, post, res, _ = coefficient_heads(mix, [alpha_pre, alpha_post, alpha_res], [bias_pre, bias_post, bias_res],
-                                              n=n, learned=("pre", "post", "res"), sk_iters=sk_iters, backend=backend)
-        return pre, post, res
-
-    def connection(x, **params):
-        pre, post, res = coefficients(x, **params)
-        h = premix(x, pre, backend)
-        return (post_res(x, h, post, res, backend),)  # identity branch: y = F(h) = h
-
-    return {
-        "premix": lambda x, h_pre: (premix(x, h_pre, backend),),
-        "post_res": lambda x, y, h_post, h_res: (post_res(x, y, h_post, h_res, backend),),
-        "sinkhorn": lambda logits: (sinkhorn(logits, sk_iters, "paper", backend),),
-        "coefficients": coefficients,
-        "connection": connection,
-    }
-
-
-def _liger_ops(sk_iters: int):
-    try:
-        import liger_kernel
-        from liger_kernel.ops.mhc import (
-            LigerMHCCoeffsFunction,
-            LigerMHCPostResFunction,
-            LigerMHCPreFunction,
-        )
-    except Exception as e:  # not installed, or a version without mHC ops
-        raise Skip(f"liger_kernel mHC ops not importable ({type(e).__name__}: {e})") from None
-    version = getattr(liger_kernel, "__version__", "?")
-
-    def coefficients(x, phi, alpha_pre, alpha_post, alpha_res, bias_pre, bias_post, bias_res):
-        b = torch.cat([bias_pre, bias_post, bias_res.flatten()])
-        # (x, phi, b, α_pre, α_post, α_res, allow_fp32, tmax, rms_eps, pre_eps, sinkhorn_eps, post_mult)
-        return tuple(LigerMHCCoeffsFunction.apply(x, phi, b, alpha_pre, alpha_post, alpha_res, True, sk_iters,
-                                                  NORM_EPS, 0.0, 1e-6, 2.0))
-
-    def connection(x, **params):
-        pre, post, res = coefficients(x, **params)
-        h = LigerMHCPreFunction.apply(x, pre)
-        return (LigerMHCPostResFunction.apply(x, h, post, res),)
-
-    ops = {
-        "premix": lambda x, h_pre: (LigerMHCPreFunction.apply(x, h_pre),),
-        "post_res": lambda x, y, h_post, h_res: (LigerMHCPostResFunction.apply(x, y, h_post, h_res),),
-        "coefficients": coefficients,
-        "connection": connection,
-    }
-    return ops, f"liger_kernel {version}"
-
-
-def _hyper_connections_op(shape: Shape, device, sk_iters: int):
-    """lucidrains' mHC around an identity branch; its own parameters are the gradient leaves.
-
-    The package folds streams into the batch, '(b s) t d'; with b = 1 our (T, n, C) input seen
-    as (n, T, C) is exactly that, and its einops rearranges of the transposed view are views
-    too, so no copy is charged to the peer. Checked against hyper-connections 0.4.11.
-    """
-
-    try:
-        mhc = import_package().ManifoldConstrainedHyperConnections
-    except (PeerUnavailable, AttributeError) as e:
-        raise Skip(str(e)) from None
-    module = mhc(shape.n, dim=shape.C, layer_index=0, sinkhorn_iters=sk_iters).to(device)
-    params = list(module.parameters())
-
-    def connection(x, **_):
-        branch_input, add_residual = module(x.transpose(0, 1))  # (n, T, C) = their '(b s) t d', b = 1
-        return (add_residual(branch_input),)
-
-    note = (f"hyper-connections {package_version()} (whole connection only; per-stream RMSNorm with gain and a "
-            f"C->1+n projection shared by the streams)")
-    return connection, params, note
-
-
-def build(op: str, provider: str, shape: Shape, device: torch.device, sk_iters: int, precision: str,
-          interpreter: bool = False):
-    """-> (fn(**inputs) -> outputs, extra gradient leaves, note)."""
-    if provider in ("torch", "compile", "triton"):
-        note = ""
-        if provider == "triton":
-
-            if device.type != "cuda" and not interpreter:
-                raise Skip("no CUDA device: the Triton kernels would only run in the interpreter, which is "
-                           "correct but not a timing (--triton-interpreter runs it anyway)")
-            why = triton_unavailable_reason(device)
-            if why:
-                raise Skip(why)
-            note = "Triton interpreter: correct, not a meaningful timing" if interpreting() else ""
-        fn = _mhc_ops("triton" if provider == "triton" else "torch", sk_iters, precision)[op]
-        if provider == "compile":
-            torch._dynamo.reset()  # a fresh compile per case: never the eager fallback of a full cache
-            fn = torch.compile(fn, dynamic=False)
-        return fn, [], note
-    if provider == "liger":
-        if device.type != "cuda":
-            raise Skip("Liger-Kernel's Triton ops need a CUDA device")
-        ops, note = _liger_ops(sk_iters)
-        if op not in ops:
-            raise Skip(f"{note}: no stand-alone {op} op (fused inside its coefficient op)")
-        if shape.n & (shape.n - 1):
-            raise Skip(f"{note}: needs a power-of-2 stream count (tl.arange(0, HC)), got n = {shape.n}")
-        return ops[op], [], note + " (kernel-order Sinkhorn; fp32 phi: its tf32 projection, like ours at --precision tf32)"
-    if provider == "hyper-connections":
-        if op != "connection":
-            raise Skip("hyper-connections has only the whole connection (no separate ops)")
-        fn, params, note = _hyper_connections_op(shape, device, sk_iters)
-        return fn, params, note
-    raise UserError(f"unknown provider {provider!r}; choose from {', '.join(PROVIDERS)}")
+    """Fresh random inputs of op `op`, all leaves that take gradients, by name: its spec draws them."""
+    return op_spec(op).make_inputs(shape, dtype, device, seed)
 
 
 # =============================================================================================
@@ -327,8 +152,10 @@ def _runner(fn, inputs: dict, extra: list, mode: str):
 # The benchmark
 # =============================================================================================
 def versions() -> dict:
+    from harness.core.rundir import git_info
 
     v = {"python": platform.python_version(), "torch": torch.__version__}
+    from kernels.backend import triton_version
 
     v["triton"] = triton_version()
     from importlib.metadata import version  # hyper_connections has no __version__
@@ -351,8 +178,11 @@ def device_name(device: torch.device) -> str:
 
 def run(ops, providers, shapes, modes, dtype: torch.dtype, device: torch.device, quick: bool = False,
         sk_iters: int = 20, precision: str = "tf32", interpreter: bool = False, log=print) -> "pd.DataFrame":
+    """The long table: the copy ceiling, then each (shape, op, provider, mode)'s metrics, or one
+    'skipped' row with the reason. `ops` are registered op names (kernels/registry.py)."""
     import pandas as pd
 
+    specs = [op_spec(op) for op in ops]  # an unknown op is a one-line error before anything runs
     vers = versions()
     dev = device_name(device)
     gbps_copy, copy_ms = copy_bandwidth(device, quick)
@@ -364,47 +194,61 @@ def run(ops, providers, shapes, modes, dtype: torch.dtype, device: torch.device,
             for m, v, u in (("time_median", copy_ms, "ms"), ("bandwidth", gbps_copy, "GB/s"))]
     elem = torch.finfo(dtype).bits // 8
     for shape in shapes:
-        for op in ops:
-            inputs = make_inputs(op, shape, dtype, device)
-            reference = None
+        for spec in specs:
+            op, inputs, reference = spec.name, spec.make_inputs(shape, dtype, device, 0), None
             for provider in providers:
                 for mode in modes:
                     base = dict(base_all, op=op, provider=provider, mode=mode, tokens=shape.tokens, C=shape.C, n=shape.n)
+                    where = f"  {op:12s} {str(shape):14s} {provider:17s}"
+                    make = partial(build, op, provider, shape, device, sk_iters, precision, interpreter)
                     try:
-                        fn, extra, note = build(op, provider, shape, device, sk_iters, precision, interpreter)
-                        runner = _runner(fn, inputs, extra, mode)
-                        outs = runner()  # also the first (compiling) call
-                        _sync(device)
-                        med, lo, hi = time_ms(runner, device, quick)
+                        outs, med, lo, hi, note = _measure(make, inputs, mode, device, quick)
                     except Skip as e:
                         rows.append(dict(base, metric="skipped", value=float("nan"), unit="", note=str(e)))
                         if mode == modes[0]:
-                            log(f"  {op:12s} {str(shape):14s} {provider:17s} skipped: {e}")
+                            log(f"{where} skipped: {e}")
                         continue
                     except Exception as e:  # a peer's API drift, an OOM, a compile failure: record, go on
                         msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                         rows.append(dict(base, metric="skipped", value=float("nan"), unit="", note=f"failed: {msg}"))
-                        log(f"  {op:12s} {str(shape):14s} {provider:17s} {mode:7s} FAILED: {msg}")
+                        log(f"{where} {mode:7s} FAILED: {msg}")
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                         continue
-                    gbps = bytes_moved(op, mode, shape, elem) / (med * 1e-3) / 1e9
+                    gbps = spec.bytes_moved(mode, shape, elem) / (med * 1e-3) / 1e9
                     metrics = [("time_median", med, "ms"), ("time_p20", lo, "ms"), ("time_p80", hi, "ms"),
                                ("bandwidth", gbps, "GB/s"), ("copy_fraction", gbps / gbps_copy, "fraction")]
                     if mode == "fwd" and provider in ("torch", "compile", "triton"):
-                        flat = [o.detach().double() for o in outs if o is not None]
-                        if provider == "torch":
-                            reference = flat
-                        elif reference is not None:
-                            diff = max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(flat, reference))
-                            metrics.append(("max_rel_diff_vs_torch", diff, "fraction"))
+                        reference, diff = _against_torch(provider, outs, reference)
+                        metrics += [("max_rel_diff_vs_torch", diff, "fraction")] if diff is not None else []
                     rows += [dict(base, metric=m, value=float(v), unit=u, note=note) for m, v, u in metrics]
-                    log(f"  {op:12s} {str(shape):14s} {provider:17s} {mode:7s} {med:9.4f} ms  {gbps:8.1f} GB/s "
+                    log(f"{where} {mode:7s} {med:9.4f} ms  {gbps:8.1f} GB/s "
                         f"({gbps / gbps_copy:6.1%} of copy){'  [' + note + ']' if note else ''}")
             del inputs
     cols = ["op", "provider", "mode", "tokens", "C", "n", "dtype", "metric", "value", "unit", "device", "note"]
     df = pd.DataFrame(rows)
     return df[cols + [c for c in df.columns if c not in cols]]
+
+
+def _measure(make, inputs: dict, mode: str, device: torch.device, quick: bool):
+    """(outputs, median, p20, p80 ms, note) of the case `make()` builds; raises what building or running raises."""
+    fn, extra, note = make()
+    runner = _runner(fn, inputs, extra, mode)
+    outs = runner()  # also the first (compiling) call
+    _sync(device)
+    med, lo, hi = time_ms(runner, device, quick)
+    return outs, med, lo, hi, note
+
+
+def _against_torch(provider: str, outs, reference):
+    """(reference, max relative difference | None): the torch provider's forward outputs are the
+    reference of the compile and triton rows after it."""
+    flat = [o.detach().double() for o in outs if o is not None]
+    if provider == "torch":
+        return flat, None
+    if reference is None:
+        return None, None
+    return reference, max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(flat, reference))
 
 
 def summary(df) -> str:
@@ -426,16 +270,19 @@ def main(args) -> int:
     """`mhc-bench bench kernels`."""
     from pathlib import Path
 
+    from harness.core.atomic import write_parquet
+    from harness.core.device import resolve_device
+    from harness.core.rundir import now
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     device = resolve_device(args.device)
-    ops = split(args.ops) if args.ops else list(OPS)
+    ops = split(args.ops) if args.ops else list(op_names())
     modes = split(args.modes) if args.modes else list(MODES)
     if args.providers:
         providers = split(args.providers)
     else:  # --quick is a smoke run: torch.compile's first compilation alone takes ~20 s on a CPU
         providers = [p for p in PROVIDERS if not (args.quick and p == "compile")]
-    for name, got, valid in (("--ops", ops, OPS), ("--providers", providers, PROVIDERS), ("--modes", modes, MODES)):
+    for name, got, valid in (("--ops", ops, op_names()), ("--providers", providers, PROVIDERS), ("--modes", modes, MODES)):
         for x in got:
             if x not in valid:
                 raise UserError(f"{name}: unknown {x!r}; choose from {', '.join(valid)}")
@@ -444,10 +291,12 @@ def main(args) -> int:
     dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES))
     if device.type == "cpu" and "triton" in providers and args.triton_interpreter:
+        from kernels.backend import interpreting
 
         if not interpreting() and any(m.startswith("kernels.") and m.endswith("_triton") for m in sys.modules):
             raise UserError("--triton-interpreter: the kernels were already compiled for the GPU in this process")
         os.environ["TRITON_INTERPRET"] = "1"  # must precede the first kernel module import
+    from kernels.project import PRECISIONS
 
     if args.precision not in PRECISIONS:
         raise UserError(f"--precision: choose from {', '.join(PRECISIONS)}; got {args.precision!r}")

@@ -11,15 +11,16 @@ Timing runs harness/bench/kernels.py; --static runs harness/bench/kernel_audit/s
 
 from __future__ import annotations
 
-from harness.bench.kernel_audit.static import main as static_main
-from harness.bench.kernels import GPU_SHAPES, MODES, OPS, PROVIDERS, main
+from harness.bench.kernels import GPU_SHAPES, MODES, PROVIDERS
+from kernels.registry import op_names
 
 
 def register(sub) -> None:
-    """Add `kernels` to the `bench` sub-command group (an argparse subparsers object)."""
+    """Add `kernels` to the `bench` sub-command group (an argparse subparsers object). The op list
+    is the kernel registry's when the parser is built (kernels/registry.py)."""
     p = sub.add_parser("kernels", help="time each stream kernel (pre-mix, post+res, Sinkhorn, coefficients, whole "
                                        "connection) per shape and provider against the measured copy bandwidth")
-    p.add_argument("--ops", default="", help=f"comma-separated subset of {', '.join(OPS)} (default: all)")
+    p.add_argument("--ops", default="", help=f"comma-separated subset of {', '.join(op_names())} (default: all)")
     p.add_argument("--providers", default="",
                    help=f"comma-separated subset of {', '.join(PROVIDERS)} (default: all; --quick leaves out compile)")
     p.add_argument("--modes", default="", help=f"comma-separated subset of {', '.join(MODES)} (default: both)")
@@ -46,7 +47,9 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     if args.static:
+        from harness.bench.kernel_audit.static import main as static_main
 
         return static_main(args)
+    from harness.bench.kernels import main
 
     return main(args)

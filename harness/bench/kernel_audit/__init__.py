@@ -9,7 +9,7 @@ variants and public ops exactly as a training step calls them, and inspects the 
     gpus.py        the targets: compute capability and the per-SM limits occupancy needs
     driver.py      a Triton driver for a GPU that is not there: compiles, records launches
     binary.py      what a compiled kernel is: registers, spills, SASS opcodes, PTX memory ops
-    workloads.py   the variant kinds and ops, forward + backward, on meta tensors
+    workloads.py   the variant kinds and the registry's stand-alone ops, forward + backward, on meta tensors
     audit.py       runs the workloads for one target: one record per launch (+ CLI, the gate)
     report.py      occupancy, waves, bytes, vector widths, bandwidth bound; Parquet + Markdown
 
