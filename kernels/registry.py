@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+import kernels
 from kernels.errors import UserError
 
 MODES = ("fwd", "fwd+bwd")  # what `bytes_moved` counts: the forward, or the forward and all input gradients
@@ -110,7 +111,6 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    import kernels
 
     for module in sorted(m.name for m in pkgutil.iter_modules(kernels.__path__) if m.name.endswith("_bench")):
         importlib.import_module(f"kernels.{module}")

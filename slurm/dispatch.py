@@ -81,7 +81,6 @@ class _Preemption:
         return self
 
     def _handle(self, signum, frame):
-
         if self.signum != self.env._usr_sig():  # USR2 (requeue me) wins over a SIGTERM that follows it
             self.signum = signum
         request_stop()
@@ -137,7 +136,6 @@ class RunJob(submitit.helpers.Checkpointable):
         self.spec = spec  # plain data (id, name, folder, config): small to pickle, no code in it
 
     def __call__(self) -> dict:
-
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # one process per GPU (or CPU task): torch.distributed from SLURM's variables
             os.environ.setdefault("MASTER_PORT", str(master_port(env.job_id)))  # a port the user set wins
@@ -191,7 +189,6 @@ class RunJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(RunJob(self.spec), *args, **kwargs)
 
     def _outcome(self, env, status: str, **fields) -> dict:
-
         return {"run_id": self.spec["id"], "name": self.spec["name"], "status": status, "job_id": env.job_id,
                 "rank": env.global_rank, "world_size": env.num_tasks, "code": str(Path(harness.__file__).parent.parent),
                 **fields}
@@ -276,7 +273,6 @@ def check_request(runs: list[Run], res: Resources, cluster: str) -> None:
     signal's lead (the job would checkpoint and requeue before training a step), and host
     memory below what the model's matrices alone need (SLURM kills a job over --mem-gb).
     """
-
     if cluster == "local" and res.nodes > 1:
         raise UserError(f"--nodes {res.nodes}: the local cluster is this one machine; use --cluster slurm or --nodes 1")
     lead = SIGNAL_LEAD_S.get(cluster)
@@ -313,7 +309,6 @@ def host_gb(cfg, on_gpu: bool) -> float:
     the host in fp32 (harness/train/loop.py, harness/train/fsdp.py); on a CPU it also keeps the gradients and
     AdamW's two moments there. Only the blocks' attention and MLP matrices are counted (the
     embedding's size depends on the tokenizer trained later), so a refusal is never wrong."""
-
     m = cfg.model
     params = m.n_layer * (4 * m.d_model ** 2 + 3 * m.d_model * mlp_hidden(m))
     return params * 4 * (1 if on_gpu else 4) / 1e9
@@ -509,7 +504,6 @@ def plan_submission(exp: Experiment, runs: list[Run], force: bool = False) -> tu
 
 
 def freeze_code(exp: Experiment) -> Path:
-
     return freeze(PROJECT_ROOT, exp.path / "code")
 
 

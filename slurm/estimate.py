@@ -261,7 +261,6 @@ def duration(s: float) -> str:
 
 def save(exp_dir: Path, ests: list[RunEstimate], description: str) -> None:
     """<experiment>/estimate.json: what was predicted for each run at submission (merged over submissions)."""
-
     path = Path(exp_dir) / ESTIMATE_NAME
     old = json.loads(path.read_text()) if path.is_file() else {"runs": {}}
     old["source"] = description

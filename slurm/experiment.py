@@ -61,7 +61,6 @@ RUN_ID_SCHEME = 1  # manifests keyed by harness/core/run_id.run_id; absent = leg
 def rekey_manifest(man: dict) -> dict:
     """A manifest keyed by legacy run ids, keyed by the current ones (harness/core/run_id.py). Every run
     keeps its folder, name, settings and jobs; the id is recomputed from the config it recorded."""
-
     mapping = {old: current_run_id(from_dict(entry["config"])) for old, entry in man.get("runs", {}).items()}
     man["runs"] = {mapping[old]: entry for old, entry in man.get("runs", {}).items()}
     for sub in man.get("submissions", []):

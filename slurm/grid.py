@@ -173,7 +173,6 @@ def _check_key(key: str, where: str, variant: str | None = None) -> None:
     """Fail on a dotted key the config does not have, with the config's did-you-mean. A variant
     option is checked against `variant` when known; otherwise any variant's option passes here
     and each run's config, once its variant is set, refuses it where it does not belong."""
-
     probe = Config()
     if variant is not None:
         probe.variant = VariantConfig(variant)
@@ -192,7 +191,6 @@ def _check_key(key: str, where: str, variant: str | None = None) -> None:
 
 
 def _any_variant_option(key: str) -> bool:
-
     return bool(variants_with_option(key.removeprefix("variant.")))
 
 
@@ -246,7 +244,6 @@ def _arms(items, where: str, variant_names) -> list[_Arm]:
 
 def arm_labels(items, where: str) -> list[str]:
     """The labels of axes.variant's arms, in order (as run names and `Run.arm` have them)."""
-
     return [a.label for a in _arms(items, where, variant_names())]
 
 
@@ -458,7 +455,6 @@ def _localise(cfg: Config, root: Path, exp_dir: Path, folder: str) -> None:
     beside the checkout and relative paths would point elsewhere: resolve them now. Token
     shards are shared with plain `mhc-bench train` runs (<runs>/data) so a grid tokenizes once.
     """
-
     cfg.run.runs_dir = str(exp_dir)
     cfg.run.name = folder
     if cfg.run.progress == "auto":

@@ -54,7 +54,6 @@ def code_hash(root: Path) -> str:
 
 def freeze(root: Path, dest_parent: Path) -> Path:
     """Copy the code under `root` to `dest_parent/<hash>` (once) and return that folder."""
-
     root = Path(root).resolve()
     files = _files(root)
     digest = code_hash(root)

@@ -156,7 +156,6 @@ class ResidualVariant:
         """The module the model expands the embedding with, if it has parameters: learned stream
         scaling with variant.expand=lss (variants/expansion.py); None = `expand`, the plain copy."""
         if getattr(self.opts, "expand", "copy") == "lss":
-
             return StreamScale(self.n_streams, self.d_model)
         return None
 

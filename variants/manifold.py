@@ -51,7 +51,6 @@ class ManifoldResidual(MHCResidual):
 
 def check_projection_width(variant) -> None:
     """backend=triton runs the projection kernel, which holds at most 256 output columns."""
-
     if variant.cfg.backend != "triton" or variant.opts.mode != "dynamic":
         return
     probe = variant.make(0)

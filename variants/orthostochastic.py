@@ -72,7 +72,6 @@ class Orthostochastic(ResidualVariant):
     contract_options = ({}, {"mode": "static"}, {"fixed": "pre,post"})
 
     def check(self) -> None:
-
         check_common(self.cfg, self.n_streams)
         if self.opts.ns_steps < 1:
             raise UserError(f"variant.ns_steps must be >= 1, got {self.opts.ns_steps}")

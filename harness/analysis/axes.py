@@ -48,13 +48,11 @@ def axis_value(cfg: dict, key: str):
 
 def run_signals(runs) -> dict:
     """{run path: (per-step signals, summary)} for Run objects, computed from their tables."""
-
     return {r.path: signals.of_run(RunDir(r.path, writer=False)) for r in runs}
 
 
 def _series(runs, axis: str) -> tuple[dict, dict]:
     """({run path: its series label}, {series label: its order}): runs grouped as if the axis were not set."""
-
     section, name = axis.split(".")
     stripped = [dataclasses.replace(r, config={**r.config, section: {k: v for k, v in r.config[section].items() if k != name}})
                 for r in runs]
@@ -84,7 +82,6 @@ def frame(runs, axis: str, computed: dict | None = None):
 
 def t_interval(values) -> tuple[float, float, float, int]:
     """(mean, low, high, n) with a 95% Student-t interval; NaN bounds for a single value."""
-
     vals = [float(v) for v in values if v == v]
     mean, half, _ = summarize(vals, [math.nan] * len(vals))
     if not vals:

@@ -78,7 +78,6 @@ def palette(labels) -> dict:
     the labels' natural order, and the bare label keeps the colour itself; any other label
     (an ablation, a variant without a fixed colour) takes the next spare colour.
     """
-
     families: dict[str, list[str]] = {}
     for label in dict.fromkeys(labels):
         families.setdefault(_family(label), []).append(label)
@@ -220,7 +219,6 @@ def amax_vs_depth(diagnostics: pd.DataFrame, out: Path, palette: dict | None = N
 
 def single_stream_runs(runs: pd.DataFrame) -> set:
     """Runs with one residual stream (identity, or n_streams = 1): their H_res is the 1 x 1 matrix 1."""
-
     def streams(row) -> int:
         n = int(row.get("variant.n_streams", 0) or 0)
         if n:
@@ -381,7 +379,6 @@ def eval_scores(evals: pd.DataFrame, out: Path, palette: dict | None = None) -> 
     Scores where higher is better (accuracy, exact match, F1, in %) come first and bits/byte
     (lower is better) after; each panel names its metric and its direction, never one 'score'.
     """
-
     if evals.empty:
         return None
     d = headline(evals)
@@ -448,7 +445,6 @@ def final_loss(stats, out: Path, palette: dict | None = None) -> Path | None:
 
 # ---------------------------------------------------------------------- a swept axis (harness/analysis/axes.py)
 def _axis_x(ax, axis: str, xs) -> None:
-
     ax.set_xscale("log", base=2 if axis == "model.n_layer" else 10)
     if axis == "model.n_layer":
         ax.set_xticks(sorted(xs))
@@ -474,7 +470,6 @@ def _draw_series(ax, agg: pd.DataFrame, palette: dict, runs: pd.DataFrame | None
 def loss_vs_axis(df: pd.DataFrame, axis: str, out: Path, palette: dict | None = None) -> Path | None:
     """Final validation loss vs depth or lr: mean and 95% CI over the seeds that trained, a dot per
     seed; × marks each diverged run at the top of the panel."""
-
     if df.empty:
         return None
     _, palette = _colours(df.sort_values("order")["series"], palette)
@@ -497,7 +492,6 @@ def amax_vs_axis(df: pd.DataFrame, axis: str, out: Path, palette: dict | None = 
     """Composite Amax of the whole depth at the end of training vs depth or lr (paper Fig. 3's
     question across depths), as |Amax - 1| on a log axis: geometric mean over seeds with a 95% CI
     on the log scale."""
-
     if df.empty or df["amax_fwd_final"].isna().all():
         return None
     _, palette = _colours(df.sort_values("order")["series"], palette)

@@ -150,7 +150,6 @@ class LossStat:
 def _references(rows):
     """({cell: its reference row or None}, cell(row), the reference's name, ' at the same depth ...',
     the kinds of reference present) for the rows of an experiment."""
-
     swept = swept_axes([run for row in rows for run in row.runs])
 
     def cell(row):
@@ -375,7 +374,6 @@ class Doc:
 
 def _common_config(per_run) -> tuple[dict, list[str]]:
     """Settings shared by every run, and the keys that vary."""
-
     flats = [flatten(r["config"]) for r in per_run]
     keys = sorted(set().union(*flats))
     common = {k: flats[0].get(k) for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) == 1}
@@ -540,7 +538,6 @@ def _paper_layouts(doc, experiment: Path, out: Path) -> None:
     """The paper's Table 1 and Table 4 layouts, also written as report/table{1,4}.{md,tex,csv}.
     Table 4 sets the paper's numbers apart, without a gap, when our models are orders of
     magnitude smaller than its 27B (harness/analysis/table.py comparable_scale)."""
-
     for layout in ("table1", "table4"):
         try:
             table = layout_of(experiment, layout, paper_apart=True)
@@ -552,7 +549,6 @@ def _paper_layouts(doc, experiment: Path, out: Path) -> None:
         doc.p(table.title)
         doc.table(table.header, table.body, table.notes)
         if layout == "table4" and not table.comparable:
-
             doc.p(f"The paper's Table 4 ({paper.TABLE4_SETTING}), for the ordering of its rows, not their level:")
             doc.table(*paper4(table.frame))
 

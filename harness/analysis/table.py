@@ -168,7 +168,6 @@ def _setting(cfg: dict) -> dict:
     The saved config is read back through the config classes first, so a field added after a run
     was trained counts at its default: runs of one recipe saved before and after a new field
     (a grid resumed across versions) stay one row."""
-
     try:
         cfg = from_dict(cfg).to_dict()
     except UserError:  # a config this code cannot read: compare it as saved
@@ -230,7 +229,6 @@ def summarize(values: list[float], stderrs: list[float]) -> tuple[float, float, 
 
 # ---------------------------------------------------------------------- the two layouts
 def _headline(evals, suite):
-
     if evals is None:
         return None
     sel = headline(evals)
@@ -473,7 +471,6 @@ def layout_of(experiment, layout: str = "table4", paper_apart: bool = False) -> 
 
 def write_layout(table: Layout, layout: str, out_dir, formats=("md", "tex", "csv")) -> dict[str, Path]:
     """table.{md,tex,csv} in out_dir, each written atomically; returns {format: path}."""
-
     written = {}
     for fmt in formats:
         path = Path(out_dir) / f"{layout}.{fmt}"

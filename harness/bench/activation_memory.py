@@ -86,7 +86,6 @@ def measure(cfg, vocab: int, device: torch.device | str = "cpu", seq_len: int = 
 
     "on" is None for a variant with nothing to recompute (identity stores no stream maths).
     """
-
     torch.manual_seed(0)
     model = build_model(cfg, vocab).to(device)
     out = {"off": bytes_per_token(model, seq_len, autocast), "on": None, "recompute_block": None}
@@ -113,7 +112,6 @@ def measure_in_subprocess(cfg, vocab: int, seq_len: int = SEQ_LEN, env: dict | N
 
 def main() -> int:
     """Read {"config", "vocab", "seq_len"} as JSON on stdin, print `measure`'s dict as JSON."""
-
     request = json.loads(sys.stdin.read())
     cfg = from_dict(request["config"])
     torch.set_num_threads(max(1, min(4, torch.get_num_threads())))

@@ -62,7 +62,6 @@ H200_TARGET_TOKENS_PER_S = 1e6  # an estimate: see the module doc
 
 def write_modded_shard(path: Path, tokens: np.ndarray) -> None:
     """A modded-nanogpt shard: 256 int32 (magic, version, token count, zeros), then uint16 tokens."""
-
     header = np.zeros(MODDED_HEADER_INTS, dtype="<i4")
     header[:3] = MODDED_MAGIC, MODDED_VERSION, len(tokens)
     with open(path, "wb") as f:
@@ -84,7 +83,6 @@ def synthetic_corpus(folder: Path, n_shards: int, shard_tokens: int, seed: int =
 def source_config(source: str, preset: str, overrides: list[str], runs_dir: str, data_dir: str, tmp: Path,
                   n_shards: int, shard_tokens: int) -> "Config":
     """The preset's batch shape with the source's data settings (module doc)."""
-
     cfg = get_preset(preset)
     if source == "byte":
         cfg.data = tiny().data  # the byte shards every CPU run caches
@@ -104,7 +102,6 @@ class LoaderStep:
     """One training step's worth of batches, drawn and moved as harness/train/loop.py does."""
 
     def __init__(self, cfg: "Config", device: torch.device, log: Callable[[str], None]):
-
         self.prepared = prepare(cfg, log=log)
         self.batches = Batches(self.prepared, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed)
         self.micros = range(cfg.train.grad_accum)
@@ -112,7 +109,6 @@ class LoaderStep:
         self.device, self.step_index = device, 0
 
     def step(self) -> None:
-
         for micro in self.micros:
             x, y = self.batches.train_batch(self.step_index, micro)
             to_device(x, self.device), to_device(y, self.device)
@@ -183,7 +179,6 @@ def summary(df: "pd.DataFrame") -> str:
 
 def main_bench_data(args) -> int:
     """`mhc-bench bench data`: check the arguments, run, print and save the table."""
-
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
     for s in sources:
         if s not in SOURCES:

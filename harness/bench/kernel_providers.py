@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import torch
 
+from kernels.backend import interpreting, triton_unavailable_reason
 from kernels.errors import UserError
 from kernels.registry import OpOptions, Shape, op_spec
 from variants.hc import NORM_EPS
+from variants.peers import PeerUnavailable, import_package, package_version
 
 PROVIDERS = ("torch", "compile", "triton", "liger", "hyper-connections")
 
@@ -57,7 +59,6 @@ def _ours(op: str, provider: str, device: torch.device, options: OpOptions, inte
     if backend not in spec.backends:
         raise Skip(f"{op} has no {backend} implementation (its backends: {', '.join(spec.backends)})")
     if provider == "triton":
-        from kernels.backend import triton_unavailable_reason
 
         if device.type != "cuda" and not interpreter:
             raise Skip("no CUDA device: the Triton kernels would only run in the interpreter, which is "
@@ -73,7 +74,6 @@ def _ours(op: str, provider: str, device: torch.device, options: OpOptions, inte
 
 
 def _triton_note() -> str:
-    from kernels.backend import interpreting
 
     return "Triton interpreter: correct, not a meaningful timing" if interpreting() else ""
 
@@ -118,7 +118,6 @@ def hyper_connections_op(shape: Shape, device, sk_iters: int):
     as (n, T, C) is exactly that, and its einops rearranges of the transposed view are views
     too, so no copy is charged to the peer. Checked against hyper-connections 0.4.11.
     """
-    from variants.peers import PeerUnavailable, import_package, package_version
 
     try:
         mhc = import_package().ManifoldConstrainedHyperConnections

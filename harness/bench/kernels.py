@@ -43,7 +43,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.bench.kernel_providers import PROVIDERS, Skip, build
+from harness.core.atomic import write_parquet
+from harness.core.device import resolve_device
+from harness.core.rundir import git_info, now
+from kernels.backend import interpreting, triton_version
 from kernels.errors import UserError
+from kernels.project import PRECISIONS
 from kernels.registry import MODES, Shape, op_names, op_spec
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -152,10 +157,7 @@ def _runner(fn, inputs: dict, extra: list, mode: str):
 # The benchmark
 # =============================================================================================
 def versions() -> dict:
-    from harness.core.rundir import git_info
-
     v = {"python": platform.python_version(), "torch": torch.__version__}
-    from kernels.backend import triton_version
 
     v["triton"] = triton_version()
     from importlib.metadata import version  # hyper_connections has no __version__
@@ -270,9 +272,6 @@ def main(args) -> int:
     """`mhc-bench bench kernels`."""
     from pathlib import Path
 
-    from harness.core.atomic import write_parquet
-    from harness.core.device import resolve_device
-    from harness.core.rundir import now
 
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     device = resolve_device(args.device)
@@ -291,12 +290,9 @@ def main(args) -> int:
     dtype = DTYPES.get(args.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     shapes = parse_shapes(args.shapes or (QUICK_SHAPES if args.quick else GPU_SHAPES if device.type == "cuda" else CPU_SHAPES))
     if device.type == "cpu" and "triton" in providers and args.triton_interpreter:
-        from kernels.backend import interpreting
-
         if not interpreting() and any(m.startswith("kernels.") and m.endswith("_triton") for m in sys.modules):
             raise UserError("--triton-interpreter: the kernels were already compiled for the GPU in this process")
         os.environ["TRITON_INTERPRET"] = "1"  # must precede the first kernel module import
-    from kernels.project import PRECISIONS
 
     if args.precision not in PRECISIONS:
         raise UserError(f"--precision: choose from {', '.join(PRECISIONS)}; got {args.precision!r}")

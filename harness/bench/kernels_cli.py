@@ -11,7 +11,8 @@ Timing runs harness/bench/kernels.py; --static runs harness/bench/kernel_audit/s
 
 from __future__ import annotations
 
-from harness.bench.kernels import GPU_SHAPES, MODES, PROVIDERS
+from harness.bench.kernel_audit.static import main as static_main
+from harness.bench.kernels import GPU_SHAPES, MODES, PROVIDERS, main
 from kernels.registry import op_names
 
 
@@ -47,9 +48,6 @@ def register(sub) -> None:
 
 def _main(args) -> int:
     if args.static:
-        from harness.bench.kernel_audit.static import main as static_main
-
         return static_main(args)
-    from harness.bench.kernels import main
 
     return main(args)

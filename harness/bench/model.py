@@ -76,7 +76,6 @@ from variants.registry import get_variant_class, options_class, variant_names
 
 def default_variants() -> list[str]:
     """`bench model`'s variants when none are named: every registered variant with `in_bench`."""
-
     return [n for n in variant_names() if get_variant_class(n).in_bench]
 
 
@@ -156,7 +155,6 @@ def case_config(preset: str, variant: str, n: int, backend: str, d_model: int | 
     """The preset with the overrides, then this case's variant, streams, backend and width. A
     variant option among the overrides (`--set variant.sk_iters=5`) applies to the variants that
     have it; the others are benchmarked at their own settings."""
-
     cfg = get_preset(preset)
     own = option_fields(options_class(variant))
     apply_overrides(cfg, [o for o in overrides or () if not _foreign_option(o, own)])
@@ -215,11 +213,9 @@ class Stepper:
     """A model + optimiser for one case, and a function that runs one full training step."""
 
     def __init__(self, case: Case, device: torch.device, vocab: int):
-
         cfg = case.cfg
         torch.manual_seed(0)
         if case.is_peer:
-
             variant = build_peer(case.variant, cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
             self.model, self.note = GPT(cfg.model, variant, padded_vocab(cfg, vocab)).to(device), variant.note()
         else:
@@ -560,7 +556,6 @@ def timing_lines(df) -> list[str]:
 
 def main_bench_model(args) -> int:
     """`mhc-bench bench model`: parse the lists, run, print and save the table."""
-
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else []
     backends = split(args.backends)
     for b in backends:
@@ -586,7 +581,6 @@ def main_bench_model(args) -> int:
     print(summary(df))
     path = save_table(df, args.out, args.runs_dir, "model")
     if profiles:
-
         write_text(path.with_suffix(".profile.txt"), "\n".join(profiles).lstrip("\n") + "\n")
         print(f"profiles: {path.with_suffix('.profile.txt')}")
     return 0
@@ -609,7 +603,6 @@ def use_threads(cases: list[Case]) -> int:
 def use_cpu_kernels(cases: list[Case]) -> str:
     """Set train.cpu_kernels for the process (one value for all cases, as threads); returns what
     runs: 'on' or 'off' (auto resolved by whether the CPU kernels build here)."""
-
     modes = {c.cfg.train.cpu_kernels for c in cases}
     if len(modes) > 1:
         raise UserError(f"bench model: the cases ask for different train.cpu_kernels ({sorted(modes)}); they share one process")
@@ -620,7 +613,6 @@ def use_cpu_kernels(cases: list[Case]) -> str:
 
 def save_table(df, out: str | None, runs_dir: str, kind: str) -> Path:
     """A benchmark's long table, atomically, at --out or <runs_dir>/bench/<kind>-<time>.parquet."""
-
     path = Path(out) if out else Path(runs_dir) / "bench" / f"{kind}-{now().replace(':', '')}.parquet"
     write_parquet(path, df)
     print(f"table: {path}")

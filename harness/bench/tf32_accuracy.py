@@ -15,16 +15,17 @@ import math
 
 import torch
 
+from harness.core.atomic import write_parquet
+from kernels.coefficients import heads_reference
 from kernels.precision import project_fp64, project_tf32
+from kernels.project import project
+from kernels.registry import Shape, op_spec
 
 
 def accuracy(n: int, C: int, stream_dtype: torch.dtype, rows: int = 256, seed: int = 0, sk_iters: int = 20) -> dict:
     """Errors of the tf32 projection against fp64 on random tokens, and what they do to the
     coefficients: max |Δ mix| / max |mix|, rms relative error of mix, max |Δ H| over H_pre,
     H_post and H_res (α, b at the trained-looking scale `bench kernels` uses)."""
-    from kernels.coefficients import heads_reference
-    from kernels.registry import Shape, op_spec
-
     p = op_spec("coefficients").make_inputs(Shape(rows, C, n), stream_dtype, torch.device("cpu"), seed)
     x = p["x"].detach().flatten(-2)
     phi = p["phi"].detach()
@@ -63,8 +64,6 @@ def measure_kernel(n: int, C: int, stream_dtype: torch.dtype, precision: str, de
                    rows: int = 4096, seed: int = 0) -> dict:
     """The projection op (backend=triton) against fp64 at one shape: forward and backward errors,
     each as max |error| / max |reference| and rms relative, beside the CPU emulation's forward."""
-    from kernels.project import project
-
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, n * C, generator=g).to(stream_dtype)
     phi = torch.randn(n * C, n * n + 2 * n, generator=g) / math.sqrt(n * C)
@@ -111,7 +110,6 @@ def main(argv=None) -> int:
     if args.out:
         import pandas as pd
 
-        from harness.core.atomic import write_parquet
 
         write_parquet(args.out, pd.DataFrame(rows))
     return 0

@@ -65,7 +65,6 @@ def git_info(root: Path = PROJECT_ROOT) -> dict:
 def cpu_kernels_in_use(device) -> str:
     """'on' where the torch backend runs the compiled CPU kernels (train.cpu_kernels on a CPU whose
     build succeeded), else 'off': which implementation computed a run's numbers."""
-
     on = str(device).startswith("cpu") and cpu_kernel_mode() != "off" and cpu_build.unavailable_reason() is None
     return "on" if on else "off"
 

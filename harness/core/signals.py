@@ -141,6 +141,5 @@ def of_run(run):
 
 def write(run) -> None:
     """Write the run's signals.parquet (atomically) from the tables it has written so far."""
-
     if run.writer and (run.path / "metrics.parquet").is_file():
         write_parquet(run.path / SIGNALS_NAME, of_run(run)[0])

@@ -94,5 +94,4 @@ def read(cache_dir: Path, task: str, digest: str):
 
 
 def write(cache_dir: Path, task: str, digest: str, rows) -> None:
-
     write_parquet(_path(cache_dir, task, digest), rows[list(SCHEMA)])

@@ -46,7 +46,6 @@ class Exported:
 
 def export_run(run_dir, out, force: bool = False) -> Path:
     """Write the run's newest checkpoint to the folder `out`; returns `out`."""
-
     run_dir, out = Path(run_dir).resolve(), Path(out).resolve()
     if not RunDir.is_run(run_dir):
         raise UserError(f"{run_dir} is not a run folder (no config.json); pass a folder under runs/")
@@ -71,7 +70,6 @@ def export_run(run_dir, out, force: bool = False) -> Path:
 
 def load_export(folder, device: str = "cpu") -> Exported:
     """Model (eval mode, on `device`), tokenizer and config from an export folder alone."""
-
     folder = Path(folder)
     meta = _read_json(folder / META_NAME, "export description")
     if meta.get("format") != EXPORT_FORMAT:
@@ -152,13 +150,11 @@ class _atomic_folder:
         self.out, self.force = out, force
 
     def __enter__(self) -> Path:
-
         self.made = make_dirs(self.out.parent)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
         return self.tmp
 
     def __exit__(self, kind, value, tb) -> bool:
-
         if kind is None:
             try:
                 self._commit()

@@ -39,7 +39,6 @@ DECODE_CHUNK = 1 << 20  # tokens decoded at a time from a shard's validation tok
 
 def heldout_file(cfg, run_dir: Path, shared: Path, limit: int | None) -> Path:
     """<shared>/heldout/<data>-<limit>.jsonl holding the run's validation documents (made if missing)."""
-
     path = Path(shared) / HELDOUT_DIR / f"{shard_dir(cfg).name}-{limit or 'all'}.jsonl"
     if not path.is_file():
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -66,7 +65,6 @@ def _documents(cfg, run_dir: Path) -> Iterator[str]:
 
 def _decoded(cfg, run_dir: Path) -> Iterator[str]:
     """The shard corpus's validation tokens as text, one document per end-of-text token."""
-
     opened = next((open_shards(d) for d in tokenizer_candidates(cfg, run_dir)[1:] if (d / "meta.json").is_file()), None)
     data = opened or prepare(cfg)
     tok = data.tokenizer

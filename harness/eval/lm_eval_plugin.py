@@ -112,7 +112,6 @@ def site_dir(where: str | None = None) -> Path:
 
 def install(where: str | None = None) -> Path:
     """Write the start-up hook into `where` (default: this interpreter's site-packages)."""
-
     path = site_dir(where) / PTH_NAME
     write_text(path, PTH_LINE)
     return path

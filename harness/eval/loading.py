@@ -74,7 +74,6 @@ def read_status(run_dir: Path) -> str:
 def tokenizer_candidates(cfg: Config, run_dir: Path) -> list[Path]:
     """Where the run's tokenizer may be: its shard folder as configured, or under the runs
     folder the run now sits in (the default cache is <runs_dir>/data)."""
-
     out = [Path(run_dir)]  # a tokenizer saved beside the run wins, should training ever do so
     try:
         out.append(shard_dir(cfg))
@@ -109,7 +108,6 @@ def load_run_tokenizer(cfg: Config, run_dir: Path):
 def rebuild(run_dir: Path):
     """(checkpoint state, config, model on the CPU with the checkpoint's weights, tokenizer) of a
     run folder's newest checkpoint: what evaluation and `mhc-bench export` both start from."""
-
     state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location="cpu")
     cfg = from_dict(state["config"])
     tokenizer = load_run_tokenizer(cfg, run_dir)
@@ -125,7 +123,6 @@ def rebuild(run_dir: Path):
 
 def load_run(run_dir, device: str = "auto") -> LoadedRun:
     """Model (eval mode, on `device`), tokenizer and config of one run folder."""
-
     run_dir = Path(run_dir).resolve()
     dev = resolve_device(device)
     state, cfg, model, tokenizer = rebuild(run_dir)

@@ -126,7 +126,6 @@ def run_meta(loaded, limit, device) -> dict:
 
 def new_taskset(suites: list[Suite], first_run: Path, data_dir=None, include_path=()):
     """The TaskSet of one call, its datasets cache in the (first) run's experiment folder."""
-
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     return TaskSet(suites, data_dir=data_dir, hf_cache=shared_dir(first_run) / HF_DATASETS, include_path=include_path)
 
@@ -280,7 +279,6 @@ def merge_evals(path: Path, rows) -> bool:
 def summary(rows, suites: list[Suite]) -> list[str]:
     """One line per suite: the headline number and what to know about it (an external task's
     first metric at its own level, as lm-eval reports it)."""
-
     lines = []
     heads = headline(rows)
     for suite in suites:

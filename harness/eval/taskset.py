@@ -71,7 +71,6 @@ class TaskSet:
     def render(self, run_dir: Path, cfg, limit: int | None = None) -> Path:
         """Write the YAMLs of our suites into <run>/eval/tasks; the run's held-out documents
         are the only run-dependent input, so runs that share them get a copy of one rendering."""
-
         out = Path(run_dir) / "eval" / "tasks"
         heldout = heldout_file(cfg, run_dir, shared_dir(run_dir), limit) if any(s.key == "wiki" for s in self.own) else None
         first = self._rendered.get(heldout)

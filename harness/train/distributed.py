@@ -117,7 +117,6 @@ class Dist:
         rank holds a shard of every gradient: shard norms are combined as sqrt(sum over ranks of
         squares). Lists without a gradient get no entry.
         """
-
         names, norms = [], []
         for name, params in groups.items():
             grads = [local(p.grad).detach().float().norm() for p in params if p.grad is not None]

@@ -62,7 +62,6 @@ def model_params(cfg) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _model_params(key: str) -> tuple[int, int]:
-
     d = json.loads(key)
     model_cfg = ModelConfig(**d["model"])
 

@@ -219,7 +219,6 @@ class GPT(nn.Module):
         """Recompute the stream maths of every `block` consecutive sub-layers in the backward
         instead of storing it (variants/recompute.py); 0 turns it off. Residuals of variants with
         nothing to recompute (identity) ignore it; returns whether any residual uses it."""
-
         shared = StreamRecompute(block) if block else None
         for r in self.residuals():
             r.recompute = shared if r.recomputable else None
@@ -304,7 +303,6 @@ class GPT(nn.Module):
 def padded_vocab(cfg, tokenizer_vocab: int) -> int:
     """model.vocab_size if set, else the tokenizer's size rounded up to 64 (faster matmuls)."""
     if cfg.model.vocab_size and cfg.model.vocab_size < tokenizer_vocab:
-
         raise UserError(f"model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's {tokenizer_vocab}")
     return cfg.model.vocab_size or 64 * math.ceil(tokenizer_vocab / 64)
 
@@ -318,7 +316,6 @@ def recompute_block(cfg, n_streams: int) -> int:
 
 def build_model(cfg, tokenizer_vocab: int) -> GPT:
     """The GPT for a full `Config`, with the variant from the registry (and train.recompute)."""
-
     variant = build_variant(cfg.variant, cfg.model.d_model, 2 * cfg.model.n_layer)
     model = GPT(cfg.model, variant, padded_vocab(cfg, tokenizer_vocab))
     if cfg.train.recompute:

@@ -38,7 +38,6 @@ GATE_SHAPES = "16384x4096x4,4096x7168x4,8192x1024x8,1024x768x2"  # TOKENSxCxN
 
 def parse_shapes(text: str) -> list[tuple[int, int, int]]:
     """(T, n, C) triples from the TOKENSxCxN list `bench kernels --shapes` reads (one parser, one format)."""
-
     return [(s.tokens, s.n, s.C) for s in parse(text)]
 
 
@@ -77,7 +76,6 @@ def audit(arch: str, shapes, dtypes, workloads, log=print) -> dict:
 
 
 def _cause(e: BaseException) -> str:
-
     return _first_line(e)
 
 
@@ -123,7 +121,6 @@ def summary(result: dict) -> tuple[bool, str]:
 
 
 def main(argv=None) -> int:
-
     p = argparse.ArgumentParser(prog="python -m harness.bench.kernel_audit.audit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="sm_90a", choices=sorted(GPUS))
@@ -145,7 +142,6 @@ def main(argv=None) -> int:
     log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     result = audit(args.arch, parse_shapes(args.shapes), dtypes, workloads, log=log)
     if args.json:
-
         write_json(args.json, result)
     ok, line = summary(result)
     print(line)

@@ -233,7 +233,6 @@ def markdown(records: list[dict], failures: list[dict], not_covered: list[dict],
 
 def targets_section(records: list[dict]) -> str:
     """Per target: met everywhere it applies on sm_90a at 16384 x 4 x 4096 bf16, else where and why not."""
-
     focus = [r for r in distinct_launches(records) if r["arch"] == "sm_90a" and r["workload"] not in PEERS + NON_DEFAULT
              and (r["T"], r["n"], r["C"], r["dtype"]) == (16384, 4, 4096, "bf16")]
     if not focus:

@@ -31,7 +31,6 @@ DEFAULT_ARCHS = "sm_90a,sm_100a"
 
 
 def main(args) -> int:
-
     split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     archs = split(args.arch or DEFAULT_ARCHS)
     for a in archs:
@@ -76,7 +75,6 @@ def main(args) -> int:
 
 def _accuracy_section(shapes: str) -> str:
     """The tf32 projection against fp64 at the report's (n, C), emulated bit for bit on the CPU."""
-
     nc = list(dict.fromkeys((s.n, s.C) for s in parse_shapes(shapes)))
     return ("## x·φ on tf32 tensor cores: accuracy against fp64\n\n"
             "Emulated on the CPU bit for bit (kernels/precision.py, harness/bench/tf32_accuracy.py: φ rounded to nearest tf32 by the op, an fp32 "

@@ -20,8 +20,17 @@ from __future__ import annotations
 
 import torch
 
+from harness.bench.kernel_providers import Skip, liger_ops
+from harness.core.errors import UserError
+from kernels.project import PRECISIONS
 from kernels.registry import OpOptions, OpSpec, Shape, op_spec, specs
-from variants.registry import VariantConfig
+from variants.hc import NORM_EPS
+from variants.registry import (
+    VariantConfig,
+    build_variant,
+    get_variant_class,
+    variant_names,
+)
 
 DTYPES = {"bf16": (torch.bfloat16, torch.bfloat16), "fp32": (torch.float32, torch.bfloat16)}
 
@@ -31,8 +40,6 @@ def _registered() -> dict[str, dict]:
     mhc (RMSNorm(x⃗)φ, σ / 2σ heads, Sinkhorn k = 20), mhc-lite (softmax over the n! permutations),
     hc (per-stream projection, tanh in PyTorch), kromhc and orthostochastic (mHC's projection, their
     H_res map in PyTorch), and any variant registered since."""
-    from variants.registry import get_variant_class, variant_names
-
     return {n: dict(name=n) for n in variant_names()
             if get_variant_class(n).audit and "triton" in get_variant_class(n).backends}
 
@@ -83,8 +90,6 @@ def run(workload: str, T: int, n: int, C: int, dtype: str) -> None:
 def run_op(spec: OpSpec, T: int, n: int, C: int, stream_dtype) -> None:
     """A registered op's Triton path on its benchmark inputs (meta tensors: shapes only), forward
     and the gradients of every input, at the projection's default precision."""
-    from kernels.project import PRECISIONS
-    from variants.hc import NORM_EPS
 
     inputs = spec.make_inputs(Shape(T, C, n), stream_dtype, torch.device("meta"), 0)
     fn = spec.build("triton", OpOptions(sk_iters=SK_ITERS, precision=PRECISIONS[0], norm_eps=NORM_EPS))
@@ -97,7 +102,6 @@ def run_liger(T: int, n: int, C: int, stream_dtype) -> None:
     """Liger-Kernel's whole mHC connection around an identity branch, as `bench kernels` times it
     (its coefficient op with fp32 φ, i.e. its tf32 path; pre-mix; post + residual), on our
     connection's benchmark inputs with its stream as (1, T, n, C)."""
-    from harness.bench.kernel_providers import Skip, liger_ops
 
     try:
         ops, _ = liger_ops(SK_ITERS)
@@ -111,9 +115,6 @@ def run_liger(T: int, n: int, C: int, stream_dtype) -> None:
 
 
 def build_residual(workload: str, n: int, C: int):
-    from harness.core.errors import UserError
-    from variants.registry import build_variant
-
     cfg = VariantConfig(n_streams=n, backend="triton", **VARIANT_KINDS[workload])
     try:
         variant = build_variant(cfg, d_model=C, n_sublayers=2)
