@@ -1,6 +1,7 @@
 """The import-linter layers contract (pyproject.toml) places every module of harness/: a module
 it does not name would be checked against nothing. `make lint` runs the contracts themselves."""
 
+import ast
 import tomllib
 from pathlib import Path
 
@@ -33,3 +34,20 @@ def test_layers_below_the_cli_name_packages_not_modules():
     for layer in layers[1:]:
         for name in (m.strip() for m in layer.replace("|", ":").split(":")):
             assert (ROOT / name.replace(".", "/") / "__init__.py").is_file(), f"{name} is a module, not a package"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_function_is_longer_than_a_screen():
+    """A function over ~80 lines hides its steps; ruff's statement and branch limits (make lint)
+    bound the same thing by statements, this by lines."""
+    long = []
+    for package in ("harness", "variants", "kernels", "slurm", "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over the limit: " + "; ".join(long)
