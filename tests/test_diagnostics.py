@@ -2,7 +2,6 @@
 collector on real models, and diagnose_run writing diagnostics.parquet."""
 
 import math
-import sys
 import types
 
 import pandas as pd
@@ -11,6 +10,7 @@ import torch
 
 from harness.core.checkpoint import save_checkpoint
 from harness.core.presets import get_preset
+from harness.train import diagnostics
 from harness.train.diagnostics import (
     amax_backward,
     amax_forward,
@@ -219,7 +219,9 @@ def fake_data_module():
 
 
 def test_diagnose_run_writes_and_merges_parquet(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "harness.train.data", fake_data_module())
+    fake = fake_data_module()
+    monkeypatch.setattr(diagnostics, "prepare", fake.prepare)
+    monkeypatch.setattr(diagnostics, "Batches", fake.Batches)
     cfg = small_cfg("mhc", 2)
     cfg.train.batch_size = 2
     torch.manual_seed(0)
