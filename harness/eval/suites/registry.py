@@ -9,7 +9,8 @@
 Both are filled in place as suite modules are imported (harness/eval/suites/__init__.py imports
 every module of the package), so `from harness.eval.suites import SUITES` sees every suite,
 including one registered later from elsewhere (a test's throwaway suite). A key registered twice
-or a class missing what every suite must set is one error naming both.
+(the error names both classes), or a class that lacks what every suite sets, is one line and
+registers nothing.
 """
 
 from __future__ import annotations
