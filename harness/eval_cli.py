@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import sys
 
+from harness.eval.suites import ALIASES, SUITES
+from harness.eval.suites.registry import ALL
+
 
 def _positive(text: str) -> int:
     import argparse
@@ -73,7 +76,10 @@ def cmd_table(args) -> int:
 
 
 def register(subparsers) -> None:
-    """Add `eval` and `table` to the `mhc-bench` sub-command parser."""
+    """Add `eval` and `table` to the `mhc-bench` sub-command parser (the suites named in its help
+    are the registry's: harness/eval/suites/)."""
+    aliases = ", ".join(f"{name} (= {','.join(keys)})" for name, keys in ALIASES.items() if name != ALL)
+    shots = ", ".join(f"{s.title} {s.shots}" for s in SUITES.values() if s.paper)
     p = subparsers.add_parser(
         "eval", help="score run checkpoints with lm-eval (BBH, DROP, GSM8K, MMLU, held-out perplexity) into evals.parquet",
         description="Evaluate run folders, or every run folder of experiments, with lm-evaluation-harness "
@@ -84,14 +90,13 @@ def register(subparsers) -> None:
     p.add_argument("target", nargs="+", metavar="RUN_DIR|EXPERIMENT",
                    help="run folders (config.json + checkpoint.pt) or folders of them; all are scored in one process")
     p.add_argument("--tasks", default="paper",
-                   help="comma-separated: paper (= bbh,drop,gsm8k,mmlu), ppl (= wiki,wikitext2), all, "
-                        "single tasks bbh, drop, gsm8k, mmlu, wiki, wikitext2, or any lm-eval task, group or tag "
-                        "found locally (its data must be on this machine) (default: paper)")
+                   help=f"comma-separated: {aliases}, all, single tasks {', '.join(sorted(SUITES))}, or any lm-eval "
+                        "task, group or tag found locally (its data must be on this machine) (default: paper)")
     p.add_argument("--include-path", action="append", default=[], metavar="DIR",
                    help="a folder of your own lm-eval task YAMLs whose tasks --tasks may name (repeatable)")
     p.add_argument("--limit", type=_positive, help="score only the first N documents of each subtask (smoke tests)")
     p.add_argument("--num-fewshot", type=_nonnegative,
-                   help="override the paper's few-shot counts (BBH 3, DROP 3, GSM8K 8, MMLU 5) for every benchmark")
+                   help=f"override the paper's few-shot counts ({shots}) for every benchmark")
     p.add_argument("--data-dir", help="folder with bbh/, drop/, gsm8k/, mmlu/ (default: ../shared/data/eval); "
                                       "WikiText-2 is read from its sibling corpus/wikitext-2")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1, ... (default: auto)")

@@ -12,13 +12,9 @@ import pytest
 pytest.importorskip("lm_eval")
 
 from harness.core.errors import UserError  # noqa: E402
-from harness.eval.render import (  # noqa: E402
-    default_data_dir,
-    lm_eval_tasks_dir,
-    parse_cot_prompt,
-    render_tasks,
-)
+from harness.eval.render import default_data_dir, lm_eval_tasks_dir, render_tasks  # noqa: E402
 from harness.eval.suites import parse_tasks  # noqa: E402
+from harness.eval.suites.bbh import parse_cot_prompt  # noqa: E402
 
 DATA = default_data_dir()
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"no evaluation data at {DATA}")
@@ -161,7 +157,7 @@ def test_task_names():
 def test_wikitext_pages_split_the_release_into_its_articles():
     from datasets import Dataset
 
-    from harness.eval.hooks import wikitext_pages
+    from harness.eval.suites.wikitext2 import wikitext_pages
 
     corpus = DATA.parent / "corpus"
     wikitext = (corpus / "wikitext-2" / "test.txt").read_text(encoding="utf-8")

@@ -301,7 +301,7 @@ def _pm(mean, err, digits) -> str:
 def wide4(df, paper_columns: bool = True) -> tuple[list[str], list[list[str]]]:
     """Method, Runs, then per benchmark: ours, and with `paper_columns` the paper's number and
     Δ beside it (held-out bits/byte: ours only)."""
-    published = {k for numbers in paper.TABLE4.values() for k in numbers}
+    published = {k for k in df["benchmark"] if paper.published(k)}
     header = ["Method", "Runs"]
     for (key, title, metric), sub in df.groupby(["benchmark", "title", "metric"], sort=False):
         shots = "" if key not in published else f" ({sub['shots'].iloc[0]}-shot)"
@@ -321,10 +321,10 @@ def wide4(df, paper_columns: bool = True) -> tuple[list[str], list[list[str]]]:
 
 def paper4(df) -> tuple[list[str], list[list[str]]]:
     """The paper's own Table 4 numbers for the benchmarks in `df`, one row per published method."""
-    keys = [k for k in dict.fromkeys(df["benchmark"]) if any(k in numbers for numbers in paper.TABLE4.values())]
+    keys = [k for k in dict.fromkeys(df["benchmark"]) if paper.published(k)]
     titles = dict(zip(df["benchmark"], df["title"]))
     header = ["Method", *(titles[k] for k in keys)]
-    return header, [[label, *(_num(numbers.get(k), 1) for k in keys)] for label, numbers in paper.TABLE4.items()]
+    return header, [[label, *(_num(numbers.get(k), 1) for k in keys)] for label, numbers in paper.table4_rows().items()]
 
 
 def parameters(rows: list[Row]) -> int | None:

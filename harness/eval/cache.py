@@ -4,13 +4,14 @@ Scoring is the expensive part of `mhc-bench eval`, and its result is a pure func
 
 - the checkpoint's bytes (sha256 of checkpoint.pt; a retrained or resumed run is new),
 - the task's definition (the rendered task YAMLs, which name the data files, prompts and
-  lm-eval's built-in task they include; or the name of an lm-eval task of the user's),
+  lm-eval's built-in task they include, and the source of the suite's module, which holds the
+  hooks those YAMLs call; or the name of an lm-eval task of the user's),
 - `--limit`, `--num-fewshot`, `--max-gen-toks`, `--bootstrap-iters`, the device type and the
   lm-eval version,
-- our evaluation code (the source of the adapter, decoding, the task hooks and the row
-  format: a fix there must not be hidden by old numbers). The model's own code is not in
-  it: the checkpoint names the model, and a checkpoint that no longer fits its code fails to
-  load rather than scoring differently.
+- our evaluation code (the source of the adapter, decoding and the row format: a fix there
+  must not be hidden by old numbers). The model's own code is not in it: the checkpoint
+  names the model, and a checkpoint that no longer fits its code fails to load rather than
+  scoring differently.
 
 Each suite's rows are stored under a hash of exactly those values, as
 `<run>/eval/cache/<task>-<hash>.parquet`; anything else that changes (another limit, other
@@ -57,7 +58,7 @@ def checkpoint_digest(checkpoint: Path, cache_dir: Path) -> str:
     return digest
 
 
-SCORING_CODE = ("adapter.py", "decode.py", "hooks.py", "results.py")  # beside this file
+SCORING_CODE = ("adapter.py", "decode.py", "results.py")  # beside this file (a suite's own code: its definition)
 
 
 def code_version() -> str:

@@ -1,22 +1,27 @@
 """The mHC paper's published numbers (arXiv 2512.24880 v2), laid beside ours by `table`.
 
 Source: ../shared/notes/SCIENCE.md, "Results to lay beside ours". Table 4 is a 27B MoE trained
-on 262B tokens; Table 1 the HC component ablation (final-loss gap vs the baseline, a disabled
-mapping fixed at pre = 1/n, post = 1, res = I). Our models are orders of magnitude smaller:
-the comparison is about direction and ordering, not absolute values.
+on 262B tokens; its number for each benchmark we run lives with that benchmark's suite
+(`paper` in harness/eval/suites/<key>.py) and is read from the registry here. Table 1 is the
+HC component ablation (final-loss gap vs the baseline, a disabled mapping fixed at
+pre = 1/n, post = 1, res = I). Our models are orders of magnitude smaller: the comparison is
+about direction and ordering, not absolute values.
 """
 
 from __future__ import annotations
 
+from harness.eval.suites import SUITES
+
 PAPER = "mHC (DeepSeek, arXiv 2512.24880 v2)"
 TABLE4_SETTING = "27B MoE (4.14B active), 262B tokens"
 
-# Table 4, in percent; keyed by our row label and our suite key. The four benchmarks we do not
-# run are kept for completeness (and so a future suite only needs its key here).
-TABLE4: dict[str, dict[str, float]] = {
-    "Baseline": {"bbh": 43.8, "drop": 47.0, "gsm8k": 46.7, "hellaswag": 73.7, "math": 22.0, "mmlu": 59.0, "piqa": 78.5, "triviaqa": 54.3},
-    "HC": {"bbh": 48.9, "drop": 51.6, "gsm8k": 53.2, "hellaswag": 74.3, "math": 26.4, "mmlu": 63.0, "piqa": 79.9, "triviaqa": 56.3},
-    "mHC": {"bbh": 51.0, "drop": 53.9, "gsm8k": 53.8, "hellaswag": 74.7, "math": 26.0, "mmlu": 63.4, "piqa": 80.5, "triviaqa": 57.6},
+# Table 4's columns for the benchmarks we have no suite for, in percent, kept for completeness:
+# a suite for one of them moves its column into its module's `paper`.
+TABLE4_NOT_RUN: dict[str, dict[str, float]] = {
+    "hellaswag": {"Baseline": 73.7, "HC": 74.3, "mHC": 74.7},
+    "math": {"Baseline": 22.0, "HC": 26.4, "mHC": 26.0},
+    "piqa": {"Baseline": 78.5, "HC": 79.9, "mHC": 80.5},
+    "triviaqa": {"Baseline": 54.3, "HC": 56.3, "mHC": 57.6},
 }
 
 # Table 1: loss gap vs the baseline, keyed by the set of HC mappings that are learned.
@@ -29,7 +34,25 @@ TABLE1: dict[frozenset, float] = {
 
 
 def table4(label: str, suite_key: str) -> float | None:
-    return TABLE4.get(label, {}).get(suite_key)
+    """The paper's Table 4 number (percent) of row `label` on a registered suite, or None."""
+    suite = SUITES.get(suite_key)
+    return suite.paper.get(label) if suite is not None else None
+
+
+def table4_rows() -> dict[str, dict[str, float]]:
+    """The paper's Table 4 as {row label: {suite key: percent}} over the registered suites that
+    carry its numbers, rows in the order the suites list them (Baseline, HC, mHC)."""
+    rows: dict[str, dict[str, float]] = {}
+    for suite in SUITES.values():
+        for label, value in suite.paper.items():
+            rows.setdefault(label, {})[suite.key] = value
+    return rows
+
+
+def published(suite_key: str) -> bool:
+    """Whether the paper's Table 4 has a number for the registered suite `suite_key`."""
+    suite = SUITES.get(suite_key)
+    return bool(suite is not None and suite.paper)
 
 
 def table1(variant: str, learned: frozenset) -> float | None:

@@ -48,7 +48,6 @@ from harness.eval.taskset import (
 
 EVALS_NAME = "evals.parquet"
 LOG_NAME = "eval.log"
-MAX_SHOTS = {"bbh": 3, "mmlu": 5}  # the worked examples each subtask ships with
 
 
 def _printer(stream) -> Callable[[str], None]:
@@ -105,9 +104,9 @@ def check_options(suites: list[Suite], limit, num_fewshot) -> None:
     if num_fewshot is not None:
         if num_fewshot < 0:
             raise UserError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-        for s in suites:
-            if s.key in MAX_SHOTS and num_fewshot > MAX_SHOTS[s.key]:
-                raise UserError(f"--num-fewshot {num_fewshot} is more than the {MAX_SHOTS[s.key]} worked examples "
+        for s in suites:  # a suite's max_shots: the worked examples each of its subtasks ships
+            if s.max_shots is not None and num_fewshot > s.max_shots:
+                raise UserError(f"--num-fewshot {num_fewshot} is more than the {s.max_shots} worked examples "
                                 f"{s.title} ships per subtask")
 
 

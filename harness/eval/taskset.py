@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import shutil
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def lm_eval_index(include_path: tuple[str, ...]):
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=list(include_path) or None, include_defaults=True)
+
+
+def suite_source(suite: Suite) -> bytes:
+    """The source of the module that defines `suite`: its one file (harness/eval/suites/)."""
+    path = inspect.getsourcefile(type(suite))
+    return Path(path).read_bytes() if path else b""
 
 
 def shared_dir(run_dir: Path) -> Path:
@@ -72,7 +79,7 @@ class TaskSet:
         """Write the YAMLs of our suites into <run>/eval/tasks; the run's held-out documents
         are the only run-dependent input, so runs that share them get a copy of one rendering."""
         out = Path(run_dir) / "eval" / "tasks"
-        heldout = heldout_file(cfg, run_dir, shared_dir(run_dir), limit) if any(s.key == "wiki" for s in self.own) else None
+        heldout = heldout_file(cfg, run_dir, shared_dir(run_dir), limit) if any(s.uses_heldout for s in self.own) else None
         first = self._rendered.get(heldout)
         if not self.own:
             shutil.rmtree(out, ignore_errors=True)
@@ -94,8 +101,9 @@ class TaskSet:
 
     def definitions(self, rendered: Path) -> dict[str, str]:
         """Suite key -> hash of what defines its tasks: its YAMLs' text (the datasets cache's
-        location left out: it changes no result), or an external task's name, search path and
-        the YAML that defines it."""
+        location left out: it changes no result) and its module's source (the hooks and file
+        parsing its YAMLs use), or an external task's name, search path and the YAML that
+        defines it."""
         out = {}
         for suite in self.suites:
             h = hashlib.sha256()
@@ -105,6 +113,7 @@ class TaskSet:
                 if entry is not None and entry.yaml_path and Path(entry.yaml_path).is_file():
                     h.update(Path(entry.yaml_path).read_bytes())
             else:
+                h.update(suite_source(suite) + b"\0")
                 for path in self._files(rendered, suite):
                     h.update(str(path.relative_to(rendered)).encode() + b"\0")
                     h.update(path.read_text(encoding="utf-8").replace(str(self.hf_cache), "${CACHE}").encode() + b"\0")
