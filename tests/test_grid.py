@@ -381,7 +381,7 @@ def test_local_jobs_run_the_code_frozen_at_submit_time(tmp_path, tiny_grid):
     path, args = tiny_grid()
     grid, exp = registered(path, tmp_path / "runs", args[-1])
     code = freeze_code(exp)
-    assert code.parent == exp.path / "code" and (code / "harness" / "train.py").read_bytes() == (ROOT / "harness" / "train.py").read_bytes()
+    assert code.parent == exp.path / "code" and (code / "harness" / "train" / "loop.py").read_bytes() == (ROOT / "harness" / "train" / "loop.py").read_bytes()
     d = Dispatcher(exp, "local", Resources(array_parallelism=2), code)
     outs = d.wait(d.submit(grid.runs[:2]))
     assert [o["status"] for o in outs] == ["done", "done"]
