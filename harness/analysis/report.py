@@ -542,7 +542,8 @@ def _paper_layouts(doc, experiment: Path, out: Path) -> None:
         try:
             table = layout_of(experiment, layout, paper_apart=True)
         except UserError as e:
-            doc.p(f"{layout}: not available ({e}).")
+            # the experiment by its name in the runs directory, as the rest of the report names it
+            doc.p(f"{layout}: not available ({str(e).replace(str(experiment), experiment.name)}).")
             continue
         write_layout(table, layout, out)
         doc.h2({"table1": "Paper Table 1 layout", "table4": "Paper Table 4 layout"}[layout])

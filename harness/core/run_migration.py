@@ -41,12 +41,20 @@ def id_map_from_runs_table(runs) -> dict[str, str]:
         for col, val in row.items():
             section, _, key = str(col).partition(".")
             if section in sections and key and not _missing(val):
-                nested.setdefault(section, {})[key] = val.item() if hasattr(val, "item") else val
+                nested.setdefault(section, {})[key] = _scalar(val)
         cfg = from_dict(nested)
         if row["run_id"] not in (legacy_hash(cfg), legacy_hash(cfg, machine_paths=False), run_id(cfg)):
             raise ValueError(f"run {row['run_id']}: its config columns do not give its id back")
         mapping[row["run_id"]] = run_id(cfg)
     return mapping
+
+
+def _scalar(val):
+    """A table cell as the config value it was: an integral float back to int, since a column that
+    other variants' runs leave empty (NaN) turns its ints into floats (the config takes an int
+    where it wants a float, not the other way round)."""
+    val = val.item() if hasattr(val, "item") else val
+    return int(val) if isinstance(val, float) and val.is_integer() else val
 
 
 def _missing(val) -> bool:
