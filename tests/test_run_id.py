@@ -94,7 +94,7 @@ def test_a_legacy_manifest_is_rekeyed_once_and_runs_keep_their_folders(tmp_path)
     assert json.loads(exp.manifest_path.read_text()) == rekeyed  # written back: migrated once
 
 
-@pytest.mark.parametrize("experiment", ["archive/main", "archive/table1", "archive/k_sweep", "demo", "headline"])
+@pytest.mark.parametrize("experiment", ["archive/main", "archive/table1", "archive/k_sweep", "demo", "headline", "lr_stress_frontier"])
 def test_published_tables_carry_current_ids(experiment, tmp_path):
     """results/ were migrated: every run id in them is the id of the config beside it, and
     migrating again changes nothing."""
