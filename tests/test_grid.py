@@ -641,3 +641,15 @@ def test_deep_grids_share_the_headline_setting_with_eight_seeds():
     assert len(tuned.runs) == 8 * len(lrs)
     long = load_grid(GRIDS / "headline_long.toml")
     assert {r.cfg.train.steps for r in long.runs} == {1600} and {r.cfg.variant.name for r in long.runs} == {"identity", "mhc", "mhc-lite"}
+
+
+def test_many_runs_not_started_are_counted_per_configuration_not_listed():
+    from harness.analysis.table import NAMED_MISSING, _not_started
+
+    few = [f"identity-seed={s}" for s in range(3)]
+    assert _not_started(few) == "Not started (3): identity-seed=0; identity-seed=1; identity-seed=2. `mhc-bench grid submit` trains them."
+    many = ([f"mhc-sk_iters={k}-lr=0.01-seed={s}" for k in (20, 1) for s in range(4)]
+            + [f"mhc-lite-lss-lr={lr}-seed={s}" for lr in (0.001, 0.01) for s in range(4)])
+    assert len(many) > NAMED_MISSING
+    note = _not_started(many)
+    assert note.startswith("Not started (16): runs of mhc (8), mhc-lite-lss (8).") and "seed=" not in note, note

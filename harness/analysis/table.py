@@ -122,6 +122,23 @@ def experiment_runs(experiment, runs_dir="runs") -> list[Run]:
     return runs
 
 
+NAMED_MISSING = 12  # beyond this many, runs not started are counted per configuration, not named
+
+
+def _not_started(missing: list[str]) -> str:
+    """The grid's runs without a folder yet: named when few, else counted per configuration (the
+    run name up to its first `-key=value` part), as when `--only` trained a few rows of a big grid."""
+    if len(missing) <= NAMED_MISSING:
+        listed = "; ".join(missing)
+    else:
+        counts: dict[str, int] = {}
+        for name in missing:
+            stem = re.split(r"-[A-Za-z_.]+=", name, maxsplit=1)[0]
+            counts[stem] = counts.get(stem, 0) + 1
+        listed = "runs of " + ", ".join(f"{stem} ({n})" for stem, n in counts.items())
+    return f"Not started ({len(missing)}): {listed}. `mhc-bench grid submit` trains them."
+
+
 def finished_runs(experiment, runs_dir="runs") -> tuple[list[Run], list[str]]:
     """The runs that tables and reports compare, and a note on those left out (empty if none).
 
@@ -139,7 +156,7 @@ def finished_runs(experiment, runs_dir="runs") -> tuple[list[Run], list[str]]:
             note.append(f"Left out, runs of an earlier version of the grid ({len(older)}): "
                         + "; ".join(r.path.name for r in older) + ".")
         if missing:
-            note.append(f"Not started ({len(missing)}): " + "; ".join(missing) + ". `mhc-bench grid submit` trains them.")
+            note.append(_not_started(missing))
     done = [r for r in runs if r.finished]
     left = [r for r in runs if not r.finished]
     if not done:
