@@ -422,3 +422,14 @@ def test_each_variant_at_its_own_lr_meets_the_one_baseline_but_an_lr_sweep_compa
     by_label = {s.label: s for s in loss_stats(group_rows(sweep))}
     mhc = next(s for label, s in by_label.items() if label.startswith("mHC"))
     assert mhc.delta == pytest.approx(2.29 - 2.405)  # against the identity at its own lr, 3e-3
+
+
+def test_downstream_section_says_what_is_at_chance_and_compares_heldout_bits_per_byte(reported):
+    sections = _sections((reported / "report.html").read_text())
+    md = (reported / "report.md").read_text()
+    section = md[md.index("## Downstream: which scores can tell the variants apart?"):md.index("## Paper Table 1 layout")]
+    assert "At chance at this size: BBH (chance " in section  # 0.10-0.13 against a uniform guess of about 26%
+    assert "Above chance: DROP" in section and section.count("Held-out bits per byte is the discriminating metric.") == 1
+    header = next(line for line in section.splitlines() if line.startswith("| configuration"))
+    assert "| held-out bits/byte |" in header and "| Baseline | 2 |" in section and "reference" in section
+    assert "<table" in sections["Downstream: which scores can tell the variants apart?"]

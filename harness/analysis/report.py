@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.analysis import axes, plots
+from harness.analysis import axes, downstream, plots
 from harness.analysis.axes import AXES, axis_value, swept_axes
 from harness.analysis.published_paths import sanitize_folder
 from harness.analysis.stats import (
@@ -51,6 +51,7 @@ from harness.core.config import flatten
 from harness.core.errors import UserError
 from harness.core.rundir import RunDir, experiment_dir, now
 from harness.eval import paper
+from harness.eval.render import default_data_dir
 from slurm.estimate import actual_seconds, duration
 from slurm.estimate import load as load_estimate
 
@@ -167,7 +168,11 @@ def _references(rows):
     return refs, cell, ref_name, where, kinds
 
 
-def loss_stats(rows) -> list[LossStat]:
+def _final_val_loss(run) -> float:
+    return run.val_loss
+
+
+def loss_stats(rows, value=_final_val_loss, what: str = "loss") -> list[LossStat]:
     """Final validation loss per configuration vs a reference row, with an honest verdict.
 
     The reference is the Baseline (identity); an experiment without one (a k sweep, say) is
@@ -176,6 +181,8 @@ def loss_stats(rows) -> list[LossStat]:
     noise is heavy-tailed, so beside Welch's t-test each comparison has a rank test and a bootstrap
     CI of the difference in medians (harness/analysis/stats.py); the verdict reads Welch's p after
     Holm-Bonferroni over all the report's comparisons, and says whether the median's CI agrees.
+    `value(run)` is the per-seed outcome compared (default the final validation loss; the
+    downstream section passes held-out bits per byte) and `what` names it in the verdicts.
     """
     import numpy as np
 
@@ -187,8 +194,8 @@ def loss_stats(rows) -> list[LossStat]:
     out = []
     for row in rows:
         base = refs[cell(row)]
-        base_vals = [run.val_loss for run in base.runs] if base else []
-        vals = [run.val_loss for run in row.runs]
+        base_vals = [value(run) for run in base.runs] if base else []
+        vals = [value(run) for run in row.runs]
         mean, half, _ = summarize(vals, [math.nan] * len(vals))
         finite = [v for v in vals if v == v]
         comparison = compare(vals, base_vals) if base is not None and row is not base else None
@@ -197,11 +204,11 @@ def loss_stats(rows) -> list[LossStat]:
                             float(np.median(finite)) if finite else math.nan, comparison, spikes.get(id(row))))
     adjust([s.comparison for s in out if s.comparison is not None])
     for s, row in zip(out, rows):
-        s.verdict = _verdict(s, refs[cell(row)])
+        s.verdict = _verdict(s, refs[cell(row)], what)
     return out
 
 
-def _verdict(s: LossStat, base) -> str:
+def _verdict(s: LossStat, base, what: str = "loss") -> str:
     c = s.comparison
     if s.reference:
         return "reference"
@@ -214,7 +221,7 @@ def _verdict(s: LossStat, base) -> str:
     side = "lower" if c.delta_mean < 0 else "higher"
     robust = ("the medians' 95% CI agrees" if c.median_ci_excludes_zero and (c.ci_high < 0) == (c.delta_mean < 0)
               else "but the medians' 95% CI includes 0")
-    return f"{side} loss than {base.label} (Holm p = {c.holm_welch_p:.2g}; {robust})"
+    return f"{side} {what} than {base.label} (Holm p = {c.holm_welch_p:.2g}; {robust})"
 
 
 def _spiked_seeds(rows) -> dict:
@@ -232,11 +239,13 @@ def _spiked_seeds(rows) -> dict:
     return out
 
 
-def loss_summary(rows, stats: list[LossStat] | None = None) -> tuple[list[str], list[list[str]], list[str]]:
-    """loss_stats as a table: (header, body, notes), the power line among the notes."""
+def loss_summary(rows, stats: list[LossStat] | None = None, metric: str = "final val loss",
+                 paper_gap: float | None = PAPER_GAP) -> tuple[list[str], list[list[str]], list[str]]:
+    """loss_stats as a table: (header, body, notes), the power line among the notes. `metric` names
+    the outcome's column; `paper_gap` is the paper's gap in its units (None: the paper has none)."""
     refs, _, ref_name, where, kinds = _references(rows)
     stats = stats if stats is not None else loss_stats(rows)
-    header = ["configuration", "runs", "final val loss", "median", f"Δ vs {ref_name}{where}", "Δ median [95% CI]",
+    header = ["configuration", "runs", metric, "median", f"Δ vs {ref_name}{where}", "Δ median [95% CI]",
               "Welch p", "rank p", "Holm p (Welch / rank)", "seeds with a loss spike", "verdict"]
     body = []
     fmt = lambda x, f: f.format(x) if x == x else "–"  # noqa: E731
@@ -260,10 +269,12 @@ def loss_summary(rows, stats: list[LossStat] | None = None) -> tuple[list[str], 
         largest = max(tested, key=lambda s: abs(s.delta))
         need = lambda gap: seeds_for_power(gap, sd)  # noqa: E731
         show = lambda n: "more than 100,000" if n == math.inf else f"{n:,.0f}"  # noqa: E731
-        notes.append(f"Power: at the measured spread (pooled SD of the final loss over every configuration's seeds, "
-                     f"{sd:.3f}), a two-sided t-test at α = 0.05 needs {show(need(PAPER_GAP))} seeds per configuration "
-                     f"to detect a gap of {PAPER_GAP} (the mHC paper's size) with 80% power, and "
-                     f"{show(need(largest.delta))} for the largest gap measured here ({largest.delta:+.3f}, "
+        paper = (f"{show(need(paper_gap))} seeds per configuration to detect a gap of {paper_gap} (the mHC paper's "
+                 f"size) with 80% power, and " if paper_gap is not None else "")
+        notes.append(f"Power: at the measured spread (pooled SD of the {metric} over every configuration's seeds, "
+                     f"{sd:.3f}), a two-sided t-test at α = 0.05 needs {paper}"
+                     f"{show(need(largest.delta))} {'' if paper else 'seeds per configuration (80% power) '}"
+                     f"for the largest gap measured here ({largest.delta:+.3f}, "
                      f"{largest.label}); this report has {min(s.n for s in stats)}-{max(s.n for s in stats)} per configuration.")
     if not any(refs.values()):
         notes.append("No Baseline (identity) runs in this experiment: deltas and tests are omitted.")
@@ -393,6 +404,7 @@ def build_report(experiment, runs_dir: str = "runs") -> Path:
     doc = Doc(f"mhc-bench report: {experiment.name}")
     _preamble(doc, experiment, per_run, rows, left_out + capped_runs(tables["diagnostics"]))
     _which_trained_best(doc, rows, out, palette)
+    _downstream(doc, rows)
     _predicted_vs_actual(doc, experiment, rows)
     axis_figures, focus_runs = _axis_sections(doc, all_runs, out)
     if focus_runs is not None:  # per-step figures of one setting of the axis, not a line per depth
@@ -438,6 +450,25 @@ def _which_trained_best(doc, rows, out: Path, palette) -> None:
                              f"seed, the dashed line at the reference's mean; beside each row, the verdict against "
                              f"{header[4].removeprefix('Δ vs ')} (Welch's t-test, Holm-adjusted over the report).")
     doc.table(header, body, notes)
+
+
+def _downstream(doc, rows) -> None:
+    """The paper's benchmarks at chance or not (one line), and the configurations compared on
+    held-out bits per byte with the loss table's statistics (harness/analysis/downstream.py)."""
+    line = downstream.chance_line(rows, default_data_dir())
+    scored = [row for row in rows if any(downstream.heldout_bpb(run) == downstream.heldout_bpb(run) for run in row.runs)]
+    if line is None and not scored:
+        return
+    doc.h2("Downstream: which scores can tell the variants apart?")
+    if line is not None:
+        doc.p(line)
+    if scored:
+        stats = loss_stats(scored, value=downstream.heldout_bpb, what="held-out bits/byte")
+        header, body, notes = loss_summary(scored, stats, metric="held-out bits/byte", paper_gap=None)
+        evaluated = sum(downstream.heldout_bpb(run) == downstream.heldout_bpb(run) for row in scored for run in row.runs)
+        doc.p(f"Held-out bits per byte (the run's own validation documents, `mhc-bench eval --tasks heldout`) of "
+              f"{evaluated} runs, compared as the final loss is above.")
+        doc.table(header, body, notes)
 
 
 def _run_figures(tables: dict, runs) -> list[tuple]:

@@ -245,7 +245,8 @@ def summarize(values: list[float], stderrs: list[float]) -> tuple[float, float, 
 
 
 # ---------------------------------------------------------------------- the two layouts
-def _headline(evals, suite):
+def headline_score(evals, suite):
+    """The run's own number on a suite (its headline metric and filter, task level), or None."""
     if evals is None:
         return None
     sel = headline(evals)
@@ -262,7 +263,7 @@ def table4_frame(rows: list[Row]):
     out = []
     for row in rows:
         for suite in suites:
-            hits = [h for h in (_headline(run.evals, suite) for run in row.runs) if h is not None]
+            hits = [h for h in (headline_score(run.evals, suite) for run in row.runs) if h is not None]
             mean, err, kind = summarize([float(h["value"]) for h in hits], [float(h["stderr"]) for h in hits])
             ours = mean * suite.scale if mean == mean else math.nan
             ref = paper.table4(row.paper_label, suite.key) if row.paper_label else None

@@ -15,6 +15,7 @@ lm-eval defines it, as an `ExternalSuite` whose rows carry its own metrics.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 
 PREFIX = "mhc_"  # our lm-eval task names: mhc_bbh_<subtask>, mhc_mmlu_<subject>, mhc_gsm8k, ...
@@ -43,6 +44,14 @@ class Suite:
     uses_heldout: bool = False  # renders the run's own validation documents (harness.eval.heldout)
     order: int = 100  # its place in `all`, in listings and in plots (ties: by key)
     external: bool = False  # an lm-eval task of the user's, not one of ours
+    chance: float | None = None  # the headline metric's score of guessing, in its own units; None: no such level
+
+    def chance_level(self, data: Path) -> float | None:
+        """What guessing scores on this benchmark's headline metric (before `scale`), so that a
+        report can say which scores a model has not lifted above it. `data` is the evaluation
+        data folder, for a suite whose level depends on its answers (BBH); None: the metric has
+        no chance level (bits per byte) or it cannot be known."""
+        return self.chance
 
     @property
     def lm_eval_name(self) -> str:

@@ -9,6 +9,7 @@ no hooks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,20 @@ class BBH(Suite):
     paper = {"Baseline": 43.8, "HC": 48.9, "mHC": 51.0}
     aliases = ("paper",)
     order = 10
+
+    def chance_level(self, data: Path) -> float | None:
+        """A uniform guess among the answers each subtask uses (True/False: 1/2; a seven-way
+        deduction: 1/7; word sorting: 1/250), weighted by subtask size as the group's mean is;
+        None when the shipped json files are not there."""
+        files = sorted((data / "bbh" / "bbh").glob("*.json"))
+        if not files:
+            return None
+        docs = hits = 0.0
+        for path in files:
+            targets = [e["target"] for e in json.loads(path.read_text())["examples"]]
+            docs += len(targets)
+            hits += len(targets) / len(set(targets))
+        return hits / docs
 
     def render(self, out: Renderer) -> None:
         folder = out.builtin / "bbh" / "cot_fewshot"

@@ -66,6 +66,7 @@ class DROP(Suite):
     paper = {"Baseline": 47.0, "HC": 51.6, "mHC": 53.9}
     aliases = ("paper",)
     order = 20
+    chance = 0.0  # a free-form span: guessing has no level above 0 worth stating
 
     def render(self, out: Renderer) -> None:
         dev = out.data / "drop" / "drop_v0_dev.jsonl.gz"

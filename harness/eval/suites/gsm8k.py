@@ -41,6 +41,7 @@ class GSM8K(Suite):
     paper = {"Baseline": 46.7, "HC": 53.2, "mHC": 53.8}
     aliases = ("paper",)
     order = 30
+    chance = 0.0  # a free-form number: a guess is not an answer
 
     def render(self, out: Renderer) -> None:
         train, test = out.data / "gsm8k" / "train.jsonl", out.data / "gsm8k" / "test.jsonl"

@@ -57,6 +57,7 @@ class MMLU(Suite):
     paper = {"Baseline": 59.0, "HC": 63.0, "mHC": 63.4}
     aliases = ("paper",)
     groups = CATEGORIES
+    chance = 0.25  # one of A/B/C/D at random
     order = 40
 
     def render(self, out: Renderer) -> None:
