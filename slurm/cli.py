@@ -214,6 +214,7 @@ def cmd_submit(args) -> int:
     )
     from slurm.experiment import Experiment
     from slurm.grid import select_runs
+    from slurm.reuse import copy_run, reusable, source_experiments
 
     grid = _load(args)
     chosen, others = select_runs(grid.runs, args.only)
@@ -224,9 +225,15 @@ def cmd_submit(args) -> int:
         for run in chosen:
             check(run.cfg)
     exp = Experiment(grid.exp_dir)
-    todo, skipped = plan_submission(exp, chosen, force=args.force)
+    sources = source_experiments(args.reuse_from, args.runs_dir, grid.exp_dir)
+    copies = reusable(chosen, sources)
+    todo, skipped = plan_submission(exp, [r for r in chosen if r.id not in copies], force=args.force)
     ests, described = _estimate(args, grid, res, todo)  # a run past the requeue cap is refused here, before anything
     exp.register(grid)
+    for run in chosen:
+        if run.id in copies:
+            copy_run(run, copies[run.id])
+            skipped.append((run, f"reused: a copy of {copies[run.id].parent.name}/{copies[run.id].name}, finished"))
     if ests:
         from slurm.estimate import save
 
@@ -369,6 +376,9 @@ def register(subparsers) -> None:
     q.add_argument("--only", action="append", default=[], metavar="PATTERN",
                    help="submit only the runs whose name matches this shell pattern, e.g. 'mhc-lite-*' (repeatable); "
                         "the experiment still holds the whole grid")
+    q.add_argument("--reuse-from", action="append", default=[], metavar="EXPERIMENT",
+                   help="copy finished runs of the same id (the same config, seed included) from this experiment "
+                        "instead of training them again, e.g. the headline grid's identity into table1_deep (repeatable)")
     q.set_defaults(func=cmd_submit)
 
     q = sub.add_parser("status", help="per-run state of an experiment: pending/running/stopped/done/diverged/failed")

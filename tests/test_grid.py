@@ -653,3 +653,28 @@ def test_many_runs_not_started_are_counted_per_configuration_not_listed():
     assert len(many) > NAMED_MISSING
     note = _not_started(many)
     assert note.startswith("Not started (16): runs of mhc (8), mhc-lite-lss (8).") and "seed=" not in note, note
+
+
+def test_reuse_from_copies_finished_runs_of_the_same_id_and_trains_only_the_rest(tmp_path, tiny_grid):
+    path, args = tiny_grid()
+    code, out, _ = cli("submit", path, *args, "--cluster", "debug", "--only", "identity-*")
+    assert code == 0 and "finished: 2 done" in out, out
+    source = tmp_path / "runs" / "t"
+    first = next(source.glob("identity-seed=0-*"))
+    before = {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()}
+    # another experiment of the same grid: the identity's two runs are copies, only mhc trains
+    code, out, err = cli("submit", path, *args, "--cluster", "debug", "--experiment", "u", "--reuse-from", "t")
+    assert code == 0 and "finished: 2 done" in out and out.count("reused: a copy of t/identity-seed=") == 2, out + err
+    copy = tmp_path / "runs" / "u" / first.name
+    assert json.loads((copy / "config.json").read_text())["run"]["runs_dir"] == str(tmp_path / "runs" / "u")
+    assert json.loads((first / "config.json").read_text())["run"]["runs_dir"] == str(source)  # the source untouched
+    assert {p.name: p.read_bytes() for p in first.iterdir() if p.is_file()} == before
+    pd.testing.assert_frame_equal(metrics(copy), metrics(first))
+    assert not list((tmp_path / "runs" / "u").glob(".*reuse*"))  # no temporary folder left
+    rows = {r["name"]: r["state"] for r in json.loads(cli("status", "u", "--runs-dir", tmp_path / "runs", "--json")[1])}
+    assert set(rows.values()) == {"done"} and len(rows) == 4
+    # naming the experiment being submitted, or one that does not exist, is one line and writes nothing
+    code, _, err = cli("submit", path, *args, "--cluster", "debug", "--experiment", "v", "--reuse-from", "v")
+    assert code == 2 and "experiment folder not found: v" in err and not (tmp_path / "runs" / "v").exists(), err
+    code, _, err = cli("submit", path, *args, "--cluster", "debug", "--reuse-from", "t")
+    assert code == 2 and "--reuse-from t: that is the experiment being submitted" in err, err
