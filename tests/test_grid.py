@@ -678,3 +678,13 @@ def test_reuse_from_copies_finished_runs_of_the_same_id_and_trains_only_the_rest
     assert code == 2 and "experiment folder not found: v" in err and not (tmp_path / "runs" / "v").exists(), err
     code, _, err = cli("submit", path, *args, "--cluster", "debug", "--reuse-from", "t")
     assert code == 2 and "--reuse-from t: that is the experiment being submitted" in err, err
+
+
+def test_a_stream_scaled_arm_is_labelled_so_and_never_taken_for_the_papers_setting():
+    from harness.analysis.table import paper_setting, row_label
+
+    plain = {"variant": {"name": "mhc", "sk_iters": 20}}
+    scaled = {"variant": {"name": "mhc", "sk_iters": 20, "expand": "lss"}}
+    assert row_label(plain) == "mHC" and paper_setting(plain)
+    assert row_label(scaled) == "mHC + LSS" and not paper_setting(scaled)  # even with no plain mHC beside it
+    assert row_label({"variant": {"name": "mhc-lite", "expand": "lss", "fixed": "pre,post"}}) == "mHC-lite + LSS: H_res only"

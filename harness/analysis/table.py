@@ -82,7 +82,7 @@ def paper_setting(cfg: dict) -> bool:
     v = cfg["variant"]
     if v["name"] == "identity":
         return True
-    same = v.get("mode", "dynamic") == "dynamic" and v.get("n_streams", 0) in (0, 4)
+    same = v.get("mode", "dynamic") == "dynamic" and v.get("n_streams", 0) in (0, 4) and v.get("expand", "copy") == "copy"
     if v["name"] == "mhc":
         same = same and v.get("sk_iters", 20) == 20 and v.get("sk_mode", "paper") == "paper"
     return same
@@ -96,9 +96,11 @@ def _learned(cfg: dict) -> frozenset:
 
 
 def row_label(cfg: dict) -> str:
-    """Baseline / HC / mHC / mHC-lite, or the ablation's learned mappings."""
+    """Baseline / HC / mHC / mHC-lite, or the ablation's learned mappings; " + LSS" for learned
+    stream scaling (variant.expand=lss), which the label must carry even when no plain arm of the
+    variant is beside it to set it apart."""
     name = cfg["variant"]["name"]
-    base = variant_label(name)
+    base = variant_label(name) + (" + LSS" if cfg["variant"].get("expand", "copy") == "lss" else "")
     if name == "identity" or not cfg["variant"].get("fixed", "").strip():
         return base
     learned = [m for m in TABLE1_ORDER if m in _learned(cfg)]
