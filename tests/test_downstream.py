@@ -5,6 +5,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from harness.analysis.downstream import above_chance, chance_line, heldout_bpb
@@ -56,7 +57,8 @@ def test_the_line_names_the_benchmarks_at_chance_and_those_above_it(tmp_path):
     data = _bbh_data(tmp_path)
     at = {"bbh": (0.10, 0.02), "drop": (0.0, 0.0), "gsm8k": (0.0, 0.0), "mmlu": (0.26, 0.03), "wiki": (3.5, 0.0)}
     line = chance_line([_row("Baseline", at, at), _row("mHC", at)], data)
-    assert line.startswith("At chance at this size: BBH (chance 42.9%), DROP (chance 0%), GSM8K (chance 0%) and "
+    assert line.startswith("The paper's benchmarks were scored on 3 of the 3 runs (--limit 20). At chance at this size: "
+                           "BBH (chance 42.9%), DROP (chance 0%), GSM8K (chance 0%) and "
                            "MMLU (chance 25%): no configuration's mean score is 2 standard errors above"), line
     assert "Above chance" not in line and line.endswith("Held-out bits per byte is the discriminating metric.")
     lifted = dict(at, mmlu=(0.40, 0.02))
@@ -69,3 +71,9 @@ def test_heldout_bits_per_byte_of_a_run_or_nan():
     assert heldout_bpb(SimpleNamespace(evals=_evals({"wiki": (3.25, 0.0)}))) == 3.25
     assert math.isnan(heldout_bpb(SimpleNamespace(evals=_evals({"mmlu": (0.3, 0.01)}))))
     assert math.isnan(heldout_bpb(SimpleNamespace(evals=None)))
+
+
+def test_a_run_scored_on_every_document_says_so():
+    from harness.analysis.downstream import _limit
+
+    assert _limit(pd.NA) == "all documents" and _limit(3) == "--limit 3"

@@ -48,6 +48,13 @@ def chance_line(rows, data: Path) -> str | None:
     """One sentence on the paper's benchmarks this experiment was scored on: which are at chance
     in every configuration, which rise above it where; None when none was run."""
     at, above, unknown = [], [], []
+    scored_runs, limits = set(), set()
+    for row in rows:
+        for run in row.runs:
+            for key in ALIASES["paper"]:
+                if (hit := headline_score(run.evals, SUITES[key])) is not None:
+                    scored_runs.add(id(run))
+                    limits.add(_limit(hit["limit"]))
     for key in ALIASES["paper"]:
         suite = SUITES[key]
         scored = [(row, *suite_scores(row, suite)) for row in rows]
@@ -66,7 +73,8 @@ def chance_line(rows, data: Path) -> str | None:
             at.append(level)
     if not (at or above or unknown):
         return None
-    parts = []
+    total = sum(len(row.runs) for row in rows)
+    parts = [f"The paper's benchmarks were scored on {len(scored_runs)} of the {total} runs ({', '.join(sorted(limits))})."]
     if at:
         parts.append(f"At chance at this size: {_join(at)}: no configuration's mean score is "
                      f"{STDERRS:g} standard errors above the chance level, so these benchmarks cannot rank "
@@ -77,6 +85,13 @@ def chance_line(rows, data: Path) -> str | None:
         parts.append(f"No chance level known for {_join(unknown)} (its data folder is missing).")
     parts.append("Held-out bits per byte is the discriminating metric.")
     return " ".join(parts)
+
+
+def _limit(limit) -> str:
+    """evals.parquet's `limit` (Int64, <NA> = every document) as the reader's words."""
+    import pandas as pd
+
+    return "all documents" if pd.isna(limit) else f"--limit {int(limit)}"
 
 
 def _join(items: list[str]) -> str:
