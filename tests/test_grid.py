@@ -634,11 +634,11 @@ def test_deep_grids_share_the_headline_setting_with_eight_seeds():
     assert {r.cfg.variant.opts().sk_iters for r in k_sweep.runs if r.cfg.variant.name == "mhc"} >= {0, 1, 2, 5, 10, 20}
     tuned = load_grid(GRIDS / "headline_tuned.toml")
     lrs = {}
-    for r in tuned.runs:
-        lrs.setdefault(r.cfg.variant.name, set()).add(r.cfg.optim.lr)
+    for r in tuned.runs:  # one lr per arm (mHC and mHC + LSS are two arms of one variant)
+        lrs.setdefault(r.arm.split("-lr=")[0], set()).add(r.cfg.optim.lr)
         assert r.cfg.model.n_layer == 16 and r.cfg.train.steps == 400
     assert all(len(v) == 1 for v in lrs.values()) and lrs["identity"] == {1e-3} and lrs["mhc"] == {3e-3}
-    assert len(tuned.runs) == 8 * len(lrs)
+    assert set(lrs) == {r.arm for r in headline.runs} and len(tuned.runs) == 8 * len(lrs)  # every headline arm, tuned
     long = load_grid(GRIDS / "headline_long.toml")
     assert {r.cfg.train.steps for r in long.runs} == {1600} and {r.cfg.variant.name for r in long.runs} == {"identity", "mhc", "mhc-lite"}
 
